@@ -1,0 +1,33 @@
+"""Diagnostics for a DDPM trained on MNIST: per-timestep loss and noise-space interpolation."""
+
+from .analysis import per_timestep_loss, timestep_loss_statistics
+from .checkpoint import load_checkpoint, save_checkpoint
+from .diffusion import DiffusionProcess
+from .errors import DiagnosticsError
+from .interpolation import (
+    ddim_sample_from_xt,
+    interpolate,
+    interpolate_noise_and_generate,
+    interpolate_noise_and_generate_ddim,
+    interpolation_grid,
+    sample_from_xt,
+    save_grid,
+)
+from .unet import UNet
+
+__all__ = [
+    "DiagnosticsError",
+    "DiffusionProcess",
+    "UNet",
+    "ddim_sample_from_xt",
+    "interpolate",
+    "interpolate_noise_and_generate",
+    "interpolate_noise_and_generate_ddim",
+    "interpolation_grid",
+    "load_checkpoint",
+    "per_timestep_loss",
+    "sample_from_xt",
+    "save_checkpoint",
+    "save_grid",
+    "timestep_loss_statistics",
+]

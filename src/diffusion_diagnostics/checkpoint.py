@@ -1,0 +1,126 @@
+"""The one checkpoint format: saved and loaded here and nowhere else.
+
+A checkpoint is a plain dict of tensors, numbers and strings, so it loads with
+``torch.load(weights_only=True)``: nothing in the file can run code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .diffusion import DiffusionProcess
+from .errors import DiagnosticsError
+from .files import atomic_output
+from .unet import UNet
+
+FORMAT = "diffusion-diagnostics-checkpoint"
+VERSION = 1
+EXPECTED = (
+    f"expected a '{FORMAT}' file written by this workflow's train rule "
+    "(a dict with format, model_config, diffusion_config and state_dict)"
+)
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: UNet,
+    diffusion_config: dict,
+    training: dict | None = None,
+    state_dict: dict | None = None,
+) -> None:
+    """Write the network's constructor arguments, the schedule and the weights.
+
+    ``state_dict`` defaults to the model's own; training passes its EMA weights here.
+    """
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_config": dict(model.config),
+        "diffusion_config": dict(diffusion_config),
+        "state_dict": {k: v.detach().cpu() for k, v in (state_dict or model.state_dict()).items()},
+        "training": dict(training or {}),
+    }
+    with atomic_output(path) as temporary:
+        torch.save(payload, temporary)
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise DiagnosticsError(f"checkpoint {path}: no such file")
+    if path.stat().st_size == 0:
+        raise DiagnosticsError(f"checkpoint {path}: the file is empty; {EXPECTED}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # weights_only refuses any object that is not a tensor or a plain container:
+        # the file would have run code or built foreign objects if loaded without it.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unpickling refused"
+        raise DiagnosticsError(
+            f"checkpoint {path}: refused, it holds objects that are not plain tensors and numbers "
+            f"(loading it could run code: {reason}); {EXPECTED}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DiagnosticsError(
+            f"checkpoint {path}: not a readable PyTorch file, truncated or corrupt ({reason}); {EXPECTED}"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        keys = ", ".join(list(payload)[:5]) if isinstance(payload, dict) else type(payload).__name__
+        raise DiagnosticsError(
+            f"checkpoint {path}: not a diffusion-diagnostics checkpoint (found {keys}); {EXPECTED}"
+        )
+    if payload.get("version") != VERSION:
+        raise DiagnosticsError(
+            f"checkpoint {path}: format version {payload.get('version')} is not supported "
+            f"(this package reads version {VERSION})"
+        )
+    return payload
+
+
+def load_checkpoint(
+    path: str | os.PathLike, device: torch.device | str = "cpu"
+) -> tuple[DiffusionProcess, dict]:
+    """Rebuild the diffusion process (EMA network included) from a checkpoint file.
+
+    Returns the process, in eval mode on ``device``, and the checkpoint's training metadata.
+    """
+    path = Path(path)
+    payload = _read(path)
+    try:
+        model = UNet(**payload["model_config"])
+    except TypeError as error:
+        raise DiagnosticsError(f"checkpoint {path}: its model_config does not fit this UNet ({error})") from None
+    state_dict = payload["state_dict"]
+    missing, unexpected = (
+        sorted(set(model.state_dict()) - set(state_dict)),
+        sorted(set(state_dict) - set(model.state_dict())),
+    )
+    shapes = [
+        name
+        for name, tensor in model.state_dict().items()
+        if name in state_dict and state_dict[name].shape != tensor.shape
+    ]
+    if missing or unexpected or shapes:
+        detail = "; ".join(
+            f"{what}: {', '.join(names[:3])}{' …' if len(names) > 3 else ''}"
+            for what, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes))
+            if names
+        )
+        raise DiagnosticsError(
+            f"checkpoint {path}: its weights were made for another architecture than its "
+            f"model_config describes ({detail})"
+        )
+    broken = [name for name, tensor in state_dict.items() if not torch.isfinite(tensor).all()]
+    if broken:
+        raise DiagnosticsError(
+            f"checkpoint {path}: weights hold NaN or Inf ({', '.join(broken[:3])}); "
+            "the model diverged while training, retrain it"
+        )
+    model.load_state_dict(state_dict)
+    diffusion = DiffusionProcess(model, **payload["diffusion_config"])
+    return diffusion.to(device).eval(), dict(payload.get("training", {}))

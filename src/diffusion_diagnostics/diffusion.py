@@ -1,0 +1,226 @@
+"""The forward noising process and the DDPM / DDIM samplers around an ε-prediction network.
+
+References: Ho et al. 2020, "Denoising Diffusion Probabilistic Models" (DDPM) and
+Song et al. 2021, "Denoising Diffusion Implicit Models" (DDIM). Equation numbers below are theirs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from .errors import DiagnosticsError
+from .runtime import progress_bar
+
+
+def extract(coefficients: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Pick one schedule value per batch element and shape it to broadcast over an image batch."""
+    return coefficients.gather(0, t).reshape(-1, *([1] * (ndim - 1)))
+
+
+def trailing_timesteps(timesteps: int, num_steps: int) -> list[int]:
+    """Descending timesteps for an S-step sampler, "trailing" spacing: the first one is T-1."""
+    if not 1 <= num_steps <= timesteps:
+        raise DiagnosticsError(
+            f"DDIM num_steps must be between 1 and the number of timesteps ({timesteps}), got {num_steps}"
+        )
+    stride = timesteps / num_steps
+    return [round(timesteps - i * stride) - 1 for i in range(num_steps)]
+
+
+class DiffusionProcess(nn.Module):
+    """An ε-model with its linear β schedule: noising, DDPM and DDIM sampling, DDIM inversion.
+
+    The model is called as ``model(x_t, t)`` with ``t`` an int64 tensor of shape ``(B,)``.
+    Schedule tensors are buffers, so ``diffusion.to(device)`` moves them with the model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        clip_x0: bool = True,
+        sample_shape: tuple[int, ...] | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.timesteps = timesteps
+        self.beta_start = beta_start
+        self.beta_end = beta_end
+        self.clip_x0 = clip_x0
+        self.sample_shape = tuple(sample_shape or getattr(model, "sample_shape", (1, 28, 28)))
+
+        # Computed in float64 so that ᾱ_t near t = T keeps its digits, then stored as float32.
+        betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+        alphas = 1.0 - betas
+        alpha_bars = torch.cumprod(alphas, dim=0)
+        alpha_bars_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars[:-1]])
+        schedule = {
+            "betas": betas,
+            "alphas": alphas,
+            "alpha_bars": alpha_bars,
+            "alpha_bars_prev": alpha_bars_prev,
+            "sqrt_alpha_bars": alpha_bars.sqrt(),
+            "sqrt_one_minus_alpha_bars": (1.0 - alpha_bars).sqrt(),
+            # β̃_t = (1 - ᾱ_{t-1}) / (1 - ᾱ_t) · β_t                                  (DDPM eq. 7)
+            "posterior_variance": (1.0 - alpha_bars_prev) / (1.0 - alpha_bars) * betas,
+            # μ̃_t(x_t, x_0) = c0 · x_0 + ct · x_t                                       (DDPM eq. 7)
+            "posterior_mean_coef_x0": alpha_bars_prev.sqrt() * betas / (1.0 - alpha_bars),
+            "posterior_mean_coef_xt": alphas.sqrt() * (1.0 - alpha_bars_prev) / (1.0 - alpha_bars),
+        }
+        for name, values in schedule.items():
+            self.register_buffer(name, values.float(), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.alpha_bars.device
+
+    def schedule_config(self) -> dict:
+        return {
+            "timesteps": self.timesteps,
+            "beta_start": self.beta_start,
+            "beta_end": self.beta_end,
+            "clip_x0": self.clip_x0,
+        }
+
+    def _model_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.model(x_t, t)
+
+    # --- forward process -------------------------------------------------------------------
+
+    def add_noise(
+        self,
+        x_0: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample q(x_t | x_0) = N(√ᾱ_t x_0, (1 - ᾱ_t) I); returns (x_t, noise).    (DDPM eq. 4)"""
+        if noise is None:
+            noise = torch.randn(x_0.shape, generator=generator, device=x_0.device, dtype=x_0.dtype)
+        x_t = (
+            extract(self.sqrt_alpha_bars, t, x_0.ndim) * x_0
+            + extract(self.sqrt_one_minus_alpha_bars, t, x_0.ndim) * noise
+        )
+        return x_t, noise
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x̂_0 = (x_t - √(1 - ᾱ_t) ε) / √ᾱ_t, the inverse of eq. 4 given ε."""
+        return (
+            x_t - extract(self.sqrt_one_minus_alpha_bars, t, x_t.ndim) * eps
+        ) / extract(self.sqrt_alpha_bars, t, x_t.ndim)
+
+    def _maybe_clip(self, x0: torch.Tensor) -> torch.Tensor:
+        return x0.clamp(-1.0, 1.0) if self.clip_x0 else x0
+
+    # --- DDPM ------------------------------------------------------------------------------
+
+    def posterior_mean_variance(
+        self, x_t: torch.Tensor, t: torch.Tensor, x_0: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of q(x_{t-1} | x_t, x_0).                              (DDPM eq. 6-7)"""
+        mean = (
+            extract(self.posterior_mean_coef_x0, t, x_t.ndim) * x_0
+            + extract(self.posterior_mean_coef_xt, t, x_t.ndim) * x_t
+        )
+        return mean, extract(self.posterior_variance, t, x_t.ndim)
+
+    def ddpm_step(
+        self, x_t: torch.Tensor, t: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """One ancestral step x_t -> x_{t-1} with σ_t² = β̃_t.
+
+        Without clipping, μ̃(x_t, x̂_0(ε)) equals DDPM eq. 11; with clipping x̂_0 is first held to
+        the data range, as in the DDPM reference code.
+        """
+        t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        eps = self._model_eps(x_t, t_batch)
+        x0 = self._maybe_clip(self.predict_x0(x_t, t_batch, eps))
+        mean, variance = self.posterior_mean_variance(x_t, t_batch, x0)
+        if t == 0:
+            return mean  # β̃_0 = 0: the last step adds no noise
+        noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        return mean + variance.sqrt() * noise
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        x_T: torch.Tensor,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        desc: str = "DDPM",
+    ) -> torch.Tensor:
+        """Run all T ancestral steps from x_T (DDPM Algorithm 2); stochastic."""
+        x = x_T.to(self.device)
+        for t in progress_bar(range(self.timesteps - 1, -1, -1), desc=desc, disable=not progress):
+            x = self.ddpm_step(x, t, generator)
+        return x
+
+    # --- DDIM ------------------------------------------------------------------------------
+
+    def ddim_step(
+        self,
+        x_t: torch.Tensor,
+        t: int,
+        alpha_bar_prev: torch.Tensor,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """One generalised step x_t -> x_{t_prev} with σ controlled by η.              (DDIM eq. 12)"""
+        t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        alpha_bar_t = self.alpha_bars[t]
+        eps = self._model_eps(x_t, t_batch)
+        x0 = self._maybe_clip(self.predict_x0(x_t, t_batch, eps))
+        # σ_t(η) = η √((1 - ᾱ_prev) / (1 - ᾱ_t)) √(1 - ᾱ_t / ᾱ_prev)                  (DDIM eq. 16)
+        sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)).sqrt()
+        direction = (1 - alpha_bar_prev - sigma**2).clamp(min=0).sqrt() * eps
+        x_prev = alpha_bar_prev.sqrt() * x0 + direction
+        if eta > 0:
+            noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+            x_prev = x_prev + sigma * noise
+        return x_prev
+
+    @torch.inference_mode()
+    def sample_ddim(
+        self,
+        x_T: torch.Tensor,
+        num_steps: int = 50,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        desc: str = "DDIM",
+    ) -> torch.Tensor:
+        """DDIM sampling over S trailing timesteps; the last step goes to ᾱ_prev = 1.
+
+        With η = 0 the map x_T -> x_0 is deterministic; with S = T and η = 1 it is DDPM with
+        σ_t² = β̃_t.
+        """
+        x = x_T.to(self.device)
+        steps = trailing_timesteps(self.timesteps, num_steps)
+        one = torch.ones((), device=self.device)
+        for i, t in enumerate(progress_bar(steps, desc=desc, disable=not progress)):
+            alpha_bar_prev = self.alpha_bars[steps[i + 1]] if i + 1 < len(steps) else one
+            x = self.ddim_step(x, t, alpha_bar_prev, eta, generator)
+        return x
+
+    @torch.inference_mode()
+    def ddim_invert(
+        self, x_0: torch.Tensor, num_steps: int = 50, progress: bool = False
+    ) -> torch.Tensor:
+        """Encode x_0 to x_T by running the η = 0 DDIM update forwards (DDIM section 4.3, eq. 13).
+
+        Each step re-uses the ε that the decoder would use at the target timestep, evaluated at
+        the current point; no clipping, since clipping is not invertible.
+        """
+        x = x_0.to(self.device)
+        steps = trailing_timesteps(self.timesteps, num_steps)[::-1]
+        alpha_bar_current = torch.ones((), device=self.device)
+        for t in progress_bar(steps, desc=f"DDIM inversion {num_steps}", disable=not progress):
+            t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+            eps = self._model_eps(x, t_batch)
+            x0 = (x - (1 - alpha_bar_current).sqrt() * eps) / alpha_bar_current.sqrt()
+            alpha_bar_next = self.alpha_bars[t]
+            x = alpha_bar_next.sqrt() * x0 + (1 - alpha_bar_next).sqrt() * eps
+            alpha_bar_current = alpha_bar_next
+        return x

@@ -1,0 +1,35 @@
+"""What every script under scripts/ does around its rule's work: log, threads, error line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+import torch
+
+from .errors import DiagnosticsError
+
+
+def run_rule(main: Callable[[object], None], snakemake) -> None:
+    """Run ``main(snakemake)`` with stderr and logging sent to the rule's log file.
+
+    torch gets exactly the rule's threads. A DiagnosticsError becomes one ``error:`` line in the
+    log and on the terminal and a non-zero exit; anything else is a bug and keeps its traceback.
+    """
+    with open(snakemake.log[0], "w") as log_file:
+        sys.stderr = log_file
+        logging.basicConfig(
+            stream=log_file,
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            force=True,
+        )
+        torch.set_num_threads(max(1, int(snakemake.threads)))
+        try:
+            main(snakemake)
+        except DiagnosticsError as error:
+            message = f"error in rule {snakemake.rule}: {error}"
+            print(message, file=log_file, flush=True)
+            print(message, file=sys.__stderr__, flush=True)
+            sys.exit(1)

@@ -1,0 +1,28 @@
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("8.20")
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+
+TRAINED_CHECKPOINT = "results/train/best_model.pt"
+DATA = {
+    "train": "resources/mnist/train.pt",
+    "heldout": "resources/mnist/heldout.pt",
+    "manifest": "resources/mnist/manifest.json",
+}
+# MNIST digits; the endpoints are drawn for this shape whatever the model.
+SAMPLE_SHAPE = [1, 28, 28]
+
+
+def model_checkpoint():
+    """The user's checkpoint when it exists (used as given, never written), else the trained one."""
+    configured = Path(config["checkpoint"])
+    return str(configured) if configured.is_file() else TRAINED_CHECKPOINT
+
+
+def benchmark_file(rule_name):
+    return f"results/benchmarks/{rule_name}.tsv"

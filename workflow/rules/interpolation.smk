@@ -1,0 +1,63 @@
+wildcard_constraints:
+    sampler="ddpm|ddim",
+
+
+rule noise_endpoints:
+    output:
+        endpoints="results/noise/{sampler}_endpoints.pt",
+    params:
+        n=config["interpolation"]["n"],
+        seed=lambda wildcards: config["interpolation"]["seed"][wildcards.sampler],
+        shape=SAMPLE_SHAPE,
+    log:
+        "logs/noise_endpoints_{sampler}.log",
+    benchmark:
+        benchmark_file("noise_endpoints_{sampler}")
+    threads: 1
+    script:
+        "../../scripts/noise_endpoints.py"
+
+
+rule interpolation_grid_ddpm:
+    input:
+        model=model_checkpoint(),
+        endpoints="results/noise/ddpm_endpoints.pt",
+    output:
+        grid=report(
+            "results/interp.png",
+            caption="../report/interp.rst",
+            category="Interpolation",
+        ),
+    params:
+        sampler="ddpm",
+        settings=config["interpolation"],
+        device=config["device"],
+    log:
+        "logs/interpolation_grid_ddpm.log",
+    benchmark:
+        benchmark_file("interpolation_grid_ddpm")
+    threads: config["threads"]
+    resources:
+        gpu=1,
+    script:
+        "../../scripts/interpolation_grid.py"
+
+
+use rule interpolation_grid_ddpm as interpolation_grid_ddim with:
+    input:
+        model=model_checkpoint(),
+        endpoints="results/noise/ddim_endpoints.pt",
+    output:
+        grid=report(
+            "results/interp_ddim.png",
+            caption="../report/interp_ddim.rst",
+            category="Interpolation",
+        ),
+    params:
+        sampler="ddim",
+        settings=config["interpolation"],
+        device=config["device"],
+    log:
+        "logs/interpolation_grid_ddim.log",
+    benchmark:
+        benchmark_file("interpolation_grid_ddim")

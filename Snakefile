@@ -14,6 +14,7 @@ include: "workflow/rules/interpolation.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/timestep_loss.csv",
         "results/timestep_loss.png",
@@ -21,5 +22,4 @@ rule all:
         "results/noise/ddim_endpoints.pt",
         "results/interp.png",
         "results/interp_ddim.png",
-    default_target: True
     localrule: True

@@ -15,7 +15,9 @@ def main(snakemake):
     device = resolve_device(snakemake.params.device)
     diffusion, _ = load_checkpoint(snakemake.input.model, device)
     z0, z1 = load_endpoints(snakemake.input.endpoints)
-    logging.info("%s grid: %d rows x %d columns on %s", snakemake.params.sampler, len(z0), settings["steps"], device)
+    logging.info(
+        "%s grid: %d rows x %d columns on %s", snakemake.params.sampler, len(z0), settings["steps"], device
+    )
     images = interpolation_grid(
         diffusion,
         z0,

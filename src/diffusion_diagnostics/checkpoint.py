@@ -94,7 +94,9 @@ def load_checkpoint(
     try:
         model = UNet(**payload["model_config"])
     except TypeError as error:
-        raise DiagnosticsError(f"checkpoint {path}: its model_config does not fit this UNet ({error})") from None
+        raise DiagnosticsError(
+            f"checkpoint {path}: its model_config does not fit this UNet ({error})"
+        ) from None
     state_dict = payload["state_dict"]
     missing, unexpected = (
         sorted(set(model.state_dict()) - set(state_dict)),

@@ -153,9 +153,7 @@ def save_splits(splits: MnistSplits, out_dir: str | os.PathLike, requested_sourc
         "requested_source": requested_source,
         "source": splits.source,
         "splits": {name: int(len(splits.labels[name])) for name in SPLITS},
-        "class_counts": {
-            name: torch.bincount(splits.labels[name], minlength=10).tolist() for name in SPLITS
-        },
+        "class_counts": {name: torch.bincount(splits.labels[name], minlength=10).tolist() for name in SPLITS},
         "origin": splits.origin,
         "files": {},
     }

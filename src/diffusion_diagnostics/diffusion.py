@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
 from .errors import DiagnosticsError
 from .runtime import progress_bar
 
@@ -107,9 +108,9 @@ class DiffusionProcess(nn.Module):
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x̂_0 = (x_t - √(1 - ᾱ_t) ε) / √ᾱ_t, the inverse of eq. 4 given ε."""
-        return (
-            x_t - extract(self.sqrt_one_minus_alpha_bars, t, x_t.ndim) * eps
-        ) / extract(self.sqrt_alpha_bars, t, x_t.ndim)
+        return (x_t - extract(self.sqrt_one_minus_alpha_bars, t, x_t.ndim) * eps) / extract(
+            self.sqrt_alpha_bars, t, x_t.ndim
+        )
 
     def _maybe_clip(self, x0: torch.Tensor) -> torch.Tensor:
         return x0.clamp(-1.0, 1.0) if self.clip_x0 else x0
@@ -126,9 +127,7 @@ class DiffusionProcess(nn.Module):
         )
         return mean, extract(self.posterior_variance, t, x_t.ndim)
 
-    def ddpm_step(
-        self, x_t: torch.Tensor, t: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def ddpm_step(self, x_t: torch.Tensor, t: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """One ancestral step x_t -> x_{t-1} with σ_t² = β̃_t.
 
         Without clipping, μ̃(x_t, x̂_0(ε)) equals DDPM eq. 11; with clipping x̂_0 is first held to
@@ -205,9 +204,7 @@ class DiffusionProcess(nn.Module):
         return x
 
     @torch.inference_mode()
-    def ddim_invert(
-        self, x_0: torch.Tensor, num_steps: int = 50, progress: bool = False
-    ) -> torch.Tensor:
+    def ddim_invert(self, x_0: torch.Tensor, num_steps: int = 50, progress: bool = False) -> torch.Tensor:
         """Encode x_0 to x_T by running the η = 0 DDIM update forwards (DDIM section 4.3, eq. 13).
 
         Each step re-uses the ε that the decoder would use at the target timestep, evaluated at

@@ -7,7 +7,7 @@ noise at α = j / (steps - 1), so column 0 is z0 itself and the last column z1 i
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torchvision.utils import save_image
@@ -70,9 +70,7 @@ def sample_in_batches(
     for index, batch in enumerate(batches):
         images = sampler(batch.to(device), f"batch {index + 1}/{len(batches)}")
         if not torch.isfinite(images).all():
-            raise DiagnosticsError(
-                "sampling produced NaN or Inf; the checkpoint is broken or diverged"
-            )
+            raise DiagnosticsError("sampling produced NaN or Inf; the checkpoint is broken or diverged")
         outputs.append(images.cpu())
     return torch.cat(outputs)
 
@@ -100,9 +98,11 @@ def interpolation_grid(
     device = torch.device(device) if device is not None else model_device(diffusion)
     latents = interpolate(z0.float(), z1.float(), steps, interpolation).flatten(0, 1)
     if sampler == "ddpm":
+
         def decode(batch, desc):
             return diffusion.sample(batch, generator=generator, progress=progress, desc=f"DDPM {desc}")
     elif sampler == "ddim":
+
         def decode(batch, desc):
             return diffusion.sample_ddim(
                 batch, ddim_steps, eta, generator=generator, progress=progress, desc=f"DDIM {desc}"

@@ -33,13 +33,16 @@ def plot_training_history(rows: list[dict], path: str | os.PathLike) -> None:
     steps = [int(r["step"]) for r in rows]
     train = [float(r["train_loss"]) for r in rows]
     window = max(1, len(train) // 50)
-    smooth = [sum(train[max(0, i - window + 1) : i + 1]) / len(train[max(0, i - window + 1) : i + 1]) for i in range(len(train))]
+    smooth = [
+        sum(train[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1))
+        for i in range(len(train))
+    ]
     validated = [(int(r["step"]), float(r["val_loss"])) for r in rows if r["val_loss"] not in ("", None)]
     figure, axes = plt.subplots(figsize=(7.0, 4.0), layout="constrained")
     axes.plot(steps, train, color="tab:blue", alpha=0.25, linewidth=0.8, label="train (per step)")
     axes.plot(steps, smooth, color="tab:blue", label=f"train (mean of {window} steps)")
     if validated:
-        axes.plot(*zip(*validated), "o-", color="tab:orange", label="validation (EMA weights)")
+        axes.plot(*zip(*validated, strict=True), "o-", color="tab:orange", label="validation (EMA weights)")
     axes.set_yscale("log")
     axes.set_title("Training loss")
     axes.set_xlabel("step")

@@ -111,7 +111,7 @@ def train(
     checkpoint_path: str | os.PathLike,
     state_path: str | os.PathLike,
     history_path: str | os.PathLike,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | str = "cpu",
     data_sha: str = "",
     progress: bool = True,
 ) -> dict:
@@ -120,7 +120,7 @@ def train(
     The model written to ``checkpoint_path`` is the EMA network with the lowest validation
     ε-MSE; ``history_path`` gets one CSV row per step. Returns a summary dict.
     """
-    state_path = Path(state_path)
+    state_path, device = Path(state_path), torch.device(device)
     run_id = fingerprint(model_config, diffusion_config, config, data_sha)
 
     torch.manual_seed(config.seed)
@@ -194,7 +194,7 @@ def train(
         # Warm-up of the EMA (as in lucidrains/ema-pytorch): early weights are forgotten quickly.
         decay = min(config.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for ema_param, param in zip(ema_model.parameters(), model.parameters()):
+            for ema_param, param in zip(ema_model.parameters(), model.parameters(), strict=True):
                 ema_param.lerp_(param, 1.0 - decay)
         pending.append(loss.detach())
 
@@ -249,7 +249,10 @@ def train(
         log.warning(
             "WARNING: %s; training stopped and kept the best model so far (step %d, validation "
             "ε-MSE %.5f) in %s. Lower train.lr or train.grad_clip and retrain.",
-            stop_reason, best["step"], best["val_loss"], checkpoint_path,
+            stop_reason,
+            best["step"],
+            best["val_loss"],
+            checkpoint_path,
         )
     return summary
 

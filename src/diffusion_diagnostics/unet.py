@@ -32,9 +32,7 @@ class ResidualBlock(nn.Module):
         self.norm2 = group_norm(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.skip = (
-            nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
-        )
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -88,9 +86,7 @@ class UNet(nn.Module):
                 self.down.append(nn.Conv2d(channels, channels, 3, stride=2, padding=1))
                 skip_channels.append(channels)
 
-        self.middle = nn.ModuleList(
-            [ResidualBlock(channels, channels, time_dim, dropout) for _ in range(2)]
-        )
+        self.middle = nn.ModuleList([ResidualBlock(channels, channels, time_dim, dropout) for _ in range(2)])
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mults))):

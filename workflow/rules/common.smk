@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 from snakemake.utils import min_version, validate
@@ -7,6 +8,18 @@ min_version("8.20")
 
 validate(config, schema="../schemas/config.schema.yaml")
 
+
+# Every rule runs in the environment this file describes when --sdm conda is given.
+CONDA_ENV = "../../environment.yml"
+# The scripts import the package from this checkout (also inside --sdm conda environments and
+# cluster jobs, which inherit the environment), so code and workflow always match.
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        filter(
+            None, [str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")]
+        )
+    )
+)
 
 TRAINED_CHECKPOINT = "results/train/best_model.pt"
 DATA = {

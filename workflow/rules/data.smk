@@ -3,13 +3,15 @@ rule download_mnist:
         train=DATA["train"],
         heldout=DATA["heldout"],
         manifest=DATA["manifest"],
-    params:
-        data=config["data"],
-        out_dir=lambda wildcards, output: Path(output.manifest).parent,
     log:
         "logs/download_mnist.log",
     benchmark:
         benchmark_file("download_mnist")
+    conda:
+        CONDA_ENV
     threads: 1
+    params:
+        data=config["data"],
+        out_dir=lambda wildcards, output: Path(output.manifest).parent,
     script:
         "../../scripts/download_mnist.py"

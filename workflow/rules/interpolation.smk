@@ -5,15 +5,17 @@ wildcard_constraints:
 rule noise_endpoints:
     output:
         endpoints="results/noise/{sampler}_endpoints.pt",
-    params:
-        n=config["interpolation"]["n"],
-        seed=lambda wildcards: config["interpolation"]["seed"][wildcards.sampler],
-        shape=SAMPLE_SHAPE,
     log:
         "logs/noise_endpoints_{sampler}.log",
     benchmark:
         benchmark_file("noise_endpoints_{sampler}")
+    conda:
+        CONDA_ENV
     threads: 1
+    params:
+        n=config["interpolation"]["n"],
+        seed=lambda wildcards: config["interpolation"]["seed"][wildcards.sampler],
+        shape=SAMPLE_SHAPE,
     script:
         "../../scripts/noise_endpoints.py"
 
@@ -28,17 +30,19 @@ rule interpolation_grid_ddpm:
             caption="../report/interp.rst",
             category="Interpolation",
         ),
-    params:
-        sampler="ddpm",
-        settings=config["interpolation"],
-        device=config["device"],
     log:
         "logs/interpolation_grid_ddpm.log",
     benchmark:
         benchmark_file("interpolation_grid_ddpm")
+    conda:
+        CONDA_ENV
     threads: config["threads"]
     resources:
         gpu=1,
+    params:
+        sampler="ddpm",
+        settings=config["interpolation"],
+        device=config["device"],
     script:
         "../../scripts/interpolation_grid.py"
 
@@ -53,11 +57,13 @@ use rule interpolation_grid_ddpm as interpolation_grid_ddim with:
             caption="../report/interp_ddim.rst",
             category="Interpolation",
         ),
-    params:
-        sampler="ddim",
-        settings=config["interpolation"],
-        device=config["device"],
     log:
         "logs/interpolation_grid_ddim.log",
     benchmark:
         benchmark_file("interpolation_grid_ddim")
+    conda:
+        CONDA_ENV
+    params:
+        sampler="ddim",
+        settings=config["interpolation"],
+        device=config["device"],

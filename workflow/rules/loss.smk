@@ -8,16 +8,18 @@ rule timestep_loss:
             caption="../report/timestep_loss_csv.rst",
             category="Loss",
         ),
-    params:
-        settings=config["timestep_loss"],
-        device=config["device"],
     log:
         "logs/timestep_loss.log",
     benchmark:
         benchmark_file("timestep_loss")
+    conda:
+        CONDA_ENV
     threads: config["threads"]
     resources:
         gpu=1,
+    params:
+        settings=config["timestep_loss"],
+        device=config["device"],
     script:
         "../../scripts/timestep_loss.py"
 
@@ -35,6 +37,8 @@ rule plot_timestep_loss:
         "logs/plot_timestep_loss.log",
     benchmark:
         benchmark_file("plot_timestep_loss")
+    conda:
+        CONDA_ENV
     threads: 1
     script:
         "../../scripts/plot_timestep_loss.py"

@@ -12,6 +12,15 @@ rule train:
             caption="../report/loss_curve.rst",
             category="Training",
         ),
+    log:
+        "logs/train.log",
+    benchmark:
+        benchmark_file("train")
+    conda:
+        CONDA_ENV
+    threads: config["threads"]
+    resources:
+        gpu=1,
     params:
         model=config["model"],
         diffusion=config["diffusion"],
@@ -19,12 +28,5 @@ rule train:
         device=config["device"],
         # Not an output: it must survive a failed or killed job so that the rerun resumes.
         state="results/train/resume_state.pt",
-    log:
-        "logs/train.log",
-    benchmark:
-        benchmark_file("train")
-    threads: config["threads"]
-    resources:
-        gpu=1,
     script:
         "../../scripts/train.py"

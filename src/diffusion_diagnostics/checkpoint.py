@@ -49,6 +49,11 @@ def save_checkpoint(
         torch.save(payload, temporary)
 
 
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _read(path: Path) -> dict:
     if not path.is_file():
         raise DiagnosticsError(f"checkpoint {path}: no such file")
@@ -57,17 +62,21 @@ def _read(path: Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        # weights_only refuses any object that is not a tensor or a plain container:
-        # the file would have run code or built foreign objects if loaded without it.
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unpickling refused"
+        if "GLOBAL" not in str(error):
+            raise DiagnosticsError(
+                f"checkpoint {path}: not a readable PyTorch file, truncated or corrupt "
+                f"(its pickle stream does not parse); {EXPECTED}"
+            ) from None
+        # weights_only refuses any object that is not a tensor or a plain container: loading the
+        # file without it would have built foreign objects, possibly running code on the way.
         raise DiagnosticsError(
-            f"checkpoint {path}: refused, it holds objects that are not plain tensors and numbers "
-            f"(loading it could run code: {reason}); {EXPECTED}"
+            f"checkpoint {path}: refused, it holds objects other than tensors, numbers and "
+            f"strings, and unpickling them could run code; {EXPECTED}"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DiagnosticsError(
-            f"checkpoint {path}: not a readable PyTorch file, truncated or corrupt ({reason}); {EXPECTED}"
+            f"checkpoint {path}: not a readable PyTorch file, truncated or corrupt "
+            f"({_first_line(error)}); {EXPECTED}"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         keys = ", ".join(list(payload)[:5]) if isinstance(payload, dict) else type(payload).__name__

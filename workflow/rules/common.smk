@@ -1,12 +1,29 @@
 import os
 from pathlib import Path
 
+from jsonschema import ValidationError
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("8.20")
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+def validate_config():
+    """Schema-check the config; a violation becomes one line that names the key."""
+    try:
+        validate(config, schema="../schemas/config.schema.yaml")
+    except WorkflowError as error:
+        cause = error.__context__
+        if not isinstance(cause, ValidationError):
+            raise
+        key = ".".join(str(part) for part in cause.absolute_path) or "(top level)"
+        raise WorkflowError(
+            f"config error at {key}: {cause.message}. "
+            "See config.yaml for each key's meaning and allowed values."
+        ) from None
+
+
+validate_config()
 
 
 # Every rule runs in the environment this file describes when --sdm conda is given.

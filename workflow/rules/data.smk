@@ -1,3 +1,9 @@
+# A local rule: it runs on the host where snakemake runs, never as a cluster job (it may download,
+# and compute nodes are often offline).
+localrules:
+    download_mnist,
+
+
 rule download_mnist:
     output:
         train=DATA["train"],

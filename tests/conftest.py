@@ -1,0 +1,48 @@
+"""Shared fixtures: the repository, the tiny config, and a runner for real snakemake subprocesses."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "tests" / "tiny_config.yaml"
+SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
+
+
+def tiny_config() -> dict:
+    return yaml.safe_load(TINY_CONFIG.read_text())
+
+
+def run_snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: int = 600):
+    """Run the real snakemake CLI on this repository's Snakefile in ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file = workdir / "test_config.yaml"
+    config_file.write_text(yaml.safe_dump(config if config is not None else tiny_config()))
+    command = [
+        SNAKEMAKE,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config_file),
+        *args,
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One complete run of the tiny config, shared by the tests that only read its outputs."""
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    result = run_snakemake(workdir, "--cores", "2", "--resources", "gpu=1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return workdir

@@ -1,0 +1,15 @@
+"""environment.yml (conda users) lists exactly pyproject.toml's dependencies and its slurm extra."""
+
+import tomllib
+import yaml
+
+from conftest import REPO
+
+
+def test_environment_yml_mirrors_pyproject():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    expected = set(project["dependencies"]) | set(project["optional-dependencies"]["slurm"])
+    environment = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip_sections = [d["pip"] for d in environment["dependencies"] if isinstance(d, dict)]
+    assert len(pip_sections) == 1
+    assert set(pip_sections[0]) == expected

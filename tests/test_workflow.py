@@ -1,0 +1,224 @@
+"""The workflow for real: snakemake subprocesses on the tiny config, outputs checked by value."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+
+import pytest
+import torch
+from PIL import Image
+
+from diffusion_diagnostics.checkpoint import load_checkpoint, save_checkpoint
+from diffusion_diagnostics.unet import UNet
+
+from conftest import run_snakemake, tiny_config
+
+OUTPUTS = [
+    "results/timestep_loss.csv",
+    "results/timestep_loss.png",
+    "results/noise/ddpm_endpoints.pt",
+    "results/noise/ddim_endpoints.pt",
+    "results/interp.png",
+    "results/interp_ddim.png",
+]
+MODEL_RULES = ["train", "timestep_loss", "interpolation_grid_ddpm", "interpolation_grid_ddim"]
+
+
+def planned_jobs(dry_run_output: str) -> dict[str, int]:
+    """Rule -> count from the job-stats table of ``snakemake -n``."""
+    table = dry_run_output.split("Job stats:", 1)[1]
+    return {
+        rule: int(count)
+        for rule, count in re.findall(r"^(\w+)\s+(\d+)\s*$", table, flags=re.MULTILINE)
+        if rule != "total"
+    }
+
+
+def test_full_run_produces_every_output(tiny_run):
+    for name in OUTPUTS + ["results/train/best_model.pt", "results/train/loss_curve.png"]:
+        assert (tiny_run / name).stat().st_size > 0, name
+    for log in (tiny_run / "logs").iterdir():
+        assert "Traceback" not in log.read_text(), log
+    benchmarks = {p.stem for p in (tiny_run / "results" / "benchmarks").iterdir()}
+    assert {"download_mnist", "train", "timestep_loss", "plot_timestep_loss"} <= benchmarks
+
+
+def test_loss_csv_has_one_row_per_bucket(tiny_run):
+    config = tiny_config()["timestep_loss"]
+    with open(tiny_run / "results/timestep_loss.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == config["buckets"]
+    assert list(rows[0]) == ["bucket", "t_start", "t_end", "mse", "count", "std_error"]
+    timesteps = tiny_config()["diffusion"]["timesteps"]
+    assert [int(r["t_start"]) for r in rows] == [i * timesteps // config["buckets"] for i in range(4)]
+    assert int(rows[-1]["t_end"]) == timesteps - 1
+    total = config["num_batches"] * config["batch_size"]
+    assert sum(int(r["count"]) for r in rows) == total
+    assert {int(r["count"]) for r in rows} == {total // config["buckets"]}  # stratified
+    assert all(float(r["mse"]) > 0 and float(r["std_error"]) > 0 for r in rows)
+
+
+def test_grid_pngs_have_n_by_steps_tiles(tiny_run):
+    settings = tiny_config()["interpolation"]
+    tile = 28 + 2  # torchvision's make_grid pads each tile by 2 pixels
+    for name in ("results/interp.png", "results/interp_ddim.png"):
+        with Image.open(tiny_run / name) as image:
+            assert image.size == (settings["steps"] * tile + 2, settings["n"] * tile + 2)
+
+
+def test_endpoints_are_seeded_and_shared_between_samplers(tiny_run):
+    ddpm = torch.load(tiny_run / "results/noise/ddpm_endpoints.pt", weights_only=True)
+    ddim = torch.load(tiny_run / "results/noise/ddim_endpoints.pt", weights_only=True)
+    n = tiny_config()["interpolation"]["n"]
+    assert ddpm["z0"].shape == ddpm["z1"].shape == (n, 1, 28, 28)
+    assert torch.equal(ddpm["z0"], ddim["z0"]) and torch.equal(ddpm["z1"], ddim["z1"])
+    assert not torch.equal(ddpm["z0"], ddpm["z1"])
+
+
+def test_trained_checkpoint_loads_with_the_configured_architecture(tiny_run):
+    diffusion, training = load_checkpoint(tiny_run / "results/train/best_model.pt")
+    config = tiny_config()
+    assert diffusion.model.config["base_channels"] == config["model"]["base_channels"]
+    assert diffusion.timesteps == config["diffusion"]["timesteps"]
+    assert training["steps"] == config["train"]["steps"]
+
+
+def test_manifest_records_source_and_checksums(tiny_run):
+    import json
+
+    manifest = json.loads((tiny_run / "resources/mnist/manifest.json").read_text())
+    assert manifest["source"] == "mnist-5k"
+    per_class = tiny_config()["data"]["heldout_per_class"]
+    assert manifest["splits"] == {"train": 5000 - 10 * per_class, "heldout": 10 * per_class}
+    assert all(len(entry["sha256"]) == 64 for entry in manifest["files"].values())
+
+
+def test_rerun_has_nothing_to_do(tiny_run):
+    result = run_snakemake(tiny_run, "--cores", "1", "-n")
+    assert result.returncode == 0, result.stderr
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_dry_run_of_one_grid_plans_only_what_it_needs(tmp_path):
+    result = run_snakemake(tmp_path, "-n", "results/interp_ddim.png")
+    assert result.returncode == 0, result.stderr
+    assert planned_jobs(result.stdout + result.stderr) == {
+        "download_mnist": 1,
+        "train": 1,
+        "noise_endpoints": 1,
+        "interpolation_grid_ddim": 1,
+    }
+
+
+def test_model_rules_claim_one_gpu(tmp_path):
+    result = run_snakemake(tmp_path, "-n", "--printshellcmds", "--verbose")
+    output = result.stdout + result.stderr
+    for block in re.split(r"\n(?=(?:local)?rule )", output):
+        header = re.match(r"(?:local)?rule (\w+):", block)
+        if header and header.group(1) != "all":
+            assert ("gpu=1" in block) == (header.group(1) in MODEL_RULES), block
+
+
+def test_users_checkpoint_is_used_and_never_touched(tmp_path):
+    """A given checkpoint skips training, survives newer data and --delete-all-output."""
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = UNet(**config["model"])
+    user_model = tmp_path / "my_model.pt"
+    save_checkpoint(user_model, model, config["diffusion"])
+    before = (user_model.read_bytes(), user_model.stat().st_mtime_ns)
+    config["checkpoint"] = str(user_model)
+
+    first = run_snakemake(tmp_path, "--cores", "2", "--resources", "gpu=1", config=config)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert not (tmp_path / "results/train/best_model.pt").exists()
+    assert all((tmp_path / name).exists() for name in OUTPUTS)
+
+    # Data newer than the checkpoint: a make-like tool would want to rebuild the model.
+    for split in ("train.pt", "heldout.pt", "manifest.json"):
+        os.utime(tmp_path / "resources/mnist" / split)
+    again = run_snakemake(tmp_path, "--cores", "2", "--resources", "gpu=1", config=config)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "rule train" not in again.stdout + again.stderr
+
+    deleted = run_snakemake(tmp_path, "--cores", "1", "--delete-all-output", config=config)
+    assert deleted.returncode == 0, deleted.stderr
+    assert not (tmp_path / "results/interp.png").exists()
+    assert (user_model.read_bytes(), user_model.stat().st_mtime_ns) == before
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"threads": 0}, "threads"),
+        ({"interpolation": {"n": "eight"}}, "interpolation.n"),
+        ({"data": {"source": "imagenet"}}, "data.source"),
+        ({"train": {"lr": -1.0}}, "train.lr"),
+        ({"unknown_knob": 1}, "unknown_knob"),
+    ],
+)
+def test_bad_config_is_rejected_naming_the_key(tmp_path, override, key):
+    config = tiny_config()
+    for name, value in override.items():
+        if isinstance(value, dict):
+            config[name] = {**config[name], **value}
+        else:
+            config[name] = value
+    result = run_snakemake(tmp_path, "--cores", "1", config=config)
+    assert result.returncode != 0
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("config error at")]
+    assert len(error_lines) == 1 and key in error_lines[0], result.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def failing_rule_run(tmp_path, config, target):
+    result = run_snakemake(tmp_path, "--cores", "1", target, config=config)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error in rule")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def test_full_mnist_without_network_or_files_says_what_to_do(tmp_path):
+    config = tiny_config()
+    # A closed port on loopback stands in for "no network"; nothing leaves this machine.
+    config["data"] = {**config["data"], "source": "mnist", "mirrors": ["http://127.0.0.1:9/"]}
+    line = failing_rule_run(tmp_path, config, "resources/mnist/manifest.json")
+    assert "download_mnist" in line and "MNIST/raw" in line and "mnist-5k" in line
+    assert not list((tmp_path / "resources/mnist").glob("*.pt"))
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "empty"),
+        (b"\x00not a checkpoint" * 64, "not a readable PyTorch file"),
+        (None, "another architecture"),
+    ],
+)
+def test_bad_checkpoint_fails_the_rule_with_one_line(tmp_path, content, expected):
+    config = tiny_config()
+    bad = tmp_path / "bad_model.pt"
+    if content is None:
+        config_small = {**config["model"], "base_channels": 16}
+        payload_model = UNet(**config_small)
+        save_checkpoint(
+            bad, UNet(**config["model"]), config["diffusion"], state_dict=payload_model.state_dict()
+        )
+    else:
+        bad.write_bytes(content)
+    config["checkpoint"] = str(bad)
+    line = failing_rule_run(tmp_path, config, "results/timestep_loss.csv")
+    assert "timestep_loss" in line and str(bad) in line and expected in line
+    assert not (tmp_path / "results/timestep_loss.csv").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this case needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_an_error(tmp_path):
+    config = tiny_config()
+    config["device"] = "cuda"
+    line = failing_rule_run(tmp_path, config, "results/train/best_model.pt")
+    assert "train" in line and "no CUDA GPU" in line
+    assert not (tmp_path / "results/train/best_model.pt").exists()

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 
 from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError
-from .files import atomic_output
+from .files import save_torch
 from .unet import UNet
 
 FORMAT = "diffusion-diagnostics-checkpoint"
@@ -45,8 +44,7 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in (state_dict or model.state_dict()).items()},
         "training": dict(training or {}),
     }
-    with atomic_output(path) as temporary:
-        torch.save(payload, temporary)
+    save_torch(payload, path)
 
 
 def _first_line(error: Exception) -> str:
@@ -73,7 +71,7 @@ def _read(path: Path) -> dict:
             f"checkpoint {path}: refused, it holds objects other than tensors, numbers and "
             f"strings, and unpickling them could run code; {EXPECTED}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+    except Exception as error:  # noqa: BLE001 - arbitrary bytes fail in arbitrary ways
         raise DiagnosticsError(
             f"checkpoint {path}: not a readable PyTorch file, truncated or corrupt "
             f"({_first_line(error)}); {EXPECTED}"

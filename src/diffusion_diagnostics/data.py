@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from .errors import DiagnosticsError
-from .files import atomic_output, sha256
+from .files import atomic_output, save_torch, sha256
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,7 @@ def save_splits(splits: MnistSplits, out_dir: str | os.PathLike, requested_sourc
     }
     for name in SPLITS:
         path = out_dir / f"{name}.pt"
-        with atomic_output(path) as temporary:
-            torch.save({"images": splits.images[name], "labels": splits.labels[name]}, temporary)
+        save_torch({"images": splits.images[name], "labels": splits.labels[name]}, path)
         manifest["files"][path.name] = {"sha256": sha256(path)}
     with atomic_output(out_dir / "manifest.json") as temporary:
         temporary.write_text(json.dumps(manifest, indent=2) + "\n")

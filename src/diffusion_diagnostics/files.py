@@ -28,3 +28,15 @@ def sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def save_torch(payload, path: str | os.PathLike) -> None:
+    """``torch.save`` through a file handle, atomically.
+
+    Saving to a handle names the archive's inner folder "archive" rather than after the
+    (temporary) file name, so equal payloads give byte-identical files.
+    """
+    import torch
+
+    with atomic_output(path) as temporary, open(temporary, "wb") as handle:
+        torch.save(payload, handle)

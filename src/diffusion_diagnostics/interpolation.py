@@ -14,7 +14,7 @@ from torchvision.utils import save_image
 
 from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError
-from .files import atomic_output
+from .files import atomic_output, save_torch
 from .runtime import model_device
 
 METHODS = ("lerp", "slerp")
@@ -131,8 +131,7 @@ def draw_endpoints(n: int, shape: tuple[int, ...], seed: int) -> tuple[torch.Ten
 
 
 def save_endpoints(path: str | os.PathLike, z0: torch.Tensor, z1: torch.Tensor, seed: int) -> None:
-    with atomic_output(path) as temporary:
-        torch.save({"format": ENDPOINTS_FORMAT, "z0": z0, "z1": z1, "seed": seed}, temporary)
+    save_torch({"format": ENDPOINTS_FORMAT, "z0": z0, "z1": z1, "seed": seed}, path)
 
 
 def load_endpoints(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:

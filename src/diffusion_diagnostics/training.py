@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .checkpoint import save_checkpoint
 from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError
-from .files import atomic_output
+from .files import atomic_output, save_torch
 from .runtime import progress_bar
 from .unet import UNet
 
@@ -170,8 +170,7 @@ def train(
             "history": history,
             "best": best,
         }
-        with atomic_output(state_path) as temporary:
-            torch.save(state, temporary)
+        save_torch(state, state_path)
 
     train_images = train_images.to(device)
     model.train()

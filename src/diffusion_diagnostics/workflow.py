@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 
 import torch
@@ -33,3 +34,9 @@ def run_rule(main: Callable[[object], None], snakemake) -> None:
             print(message, file=log_file, flush=True)
             print(message, file=sys.__stderr__, flush=True)
             sys.exit(1)
+        except Exception:
+            # A bug, not bad input: keep the whole traceback in the log.
+            traceback.print_exc(file=log_file)
+            raise
+        finally:
+            sys.stderr = sys.__stderr__

@@ -1,0 +1,397 @@
+"""The noise schedule, the forward process and the DDPM / DDIM samplers against closed forms.
+
+The sampler tests use Gaussian data x0 ~ N(μ, s²) per pixel, for which the optimal ε-predictor is
+known exactly and is affine in x_t:
+
+    ε*(x_t, t) = √(1-ᾱ_t) (x_t - √ᾱ_t μ) / (ᾱ_t s² + 1 - ᾱ_t).
+
+Every sampler step is then an affine map plus Gaussian noise, so the exact distribution of what a
+correct sampler returns can be computed independently in float64 (from the papers' equations,
+not from the package's code) and compared with what the package returns.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import pairwise
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from diffusion_diagnostics import DiagnosticsError, DiffusionProcess, UNet
+from diffusion_diagnostics.diffusion import trailing_timesteps
+from diffusion_diagnostics.runtime import model_device
+
+MU, SD = 0.3, 0.5
+# The workflow's default schedule: with it ᾱ_T ≈ 4e-5, so x_T ~ N(0, I) really is the prior.
+T_GAUSS, BETA_START, BETA_END = 1000, 1e-4, 0.02
+N_SAMPLES, SAMPLE_SHAPE = 4096, (1, 4, 4)  # 65,536 independent scalars per sampler run
+Z = 5.0  # tolerance in standard errors for every statistical check
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one intra-op thread is fastest and does not fight other processes for cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def reference_schedule(timesteps: int, beta_start: float, beta_end: float) -> dict[str, np.ndarray]:
+    betas = np.linspace(beta_start, beta_end, timesteps, dtype=np.float64)
+    alpha_bars = np.cumprod(1.0 - betas)
+    return {"betas": betas, "alpha_bars": alpha_bars, "alpha_bars_prev": np.r_[1.0, alpha_bars[:-1]]}
+
+
+def reference_trailing(timesteps: int, num_steps: int) -> list[int]:
+    return [round(timesteps - i * timesteps / num_steps) - 1 for i in range(num_steps)]
+
+
+def broadcast(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
+    return values[t].reshape(-1, *([1] * (ndim - 1)))
+
+
+class GaussianOptimalEps(nn.Module):
+    """The exact E[ε | x_t] for data x0 ~ N(μ, s²) i.i.d. per pixel, evaluated in float64."""
+
+    def __init__(self, mu: float, sd: float, alpha_bars: np.ndarray):
+        super().__init__()
+        self.mu, self.sd = mu, sd
+        self.register_buffer("alpha_bars", torch.from_numpy(alpha_bars))
+        # No learnable weights, but a parameter so that runtime.model_device finds the device.
+        self.device_anchor = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ab = broadcast(self.alpha_bars, t, x_t.ndim)
+        x = x_t.double()
+        eps = (1 - ab).sqrt() * (x - ab.sqrt() * self.mu) / (ab * self.sd**2 + 1 - ab)
+        return eps.to(x_t.dtype)
+
+    def coefficients(self, t: int) -> tuple[float, float]:
+        """ε* = A x_t + B at timestep t."""
+        ab = float(self.alpha_bars[t])
+        a = math.sqrt(1 - ab) / (ab * self.sd**2 + 1 - ab)
+        return a, -a * math.sqrt(ab) * self.mu
+
+
+def gaussian_diffusion(timesteps=T_GAUSS, beta_start=BETA_START, beta_end=BETA_END) -> DiffusionProcess:
+    ref = reference_schedule(timesteps, beta_start, beta_end)
+    model = GaussianOptimalEps(MU, SD, ref["alpha_bars"])
+    return DiffusionProcess(
+        model, timesteps, beta_start, beta_end, clip_x0=False, sample_shape=SAMPLE_SHAPE
+    )
+
+
+def exact_chain(model: GaussianOptimalEps, ref: dict, sampler: str, num_steps: int, eta: float):
+    """x_0 = a x_T + b + (noise of variance v) for the sampler, from DDPM eq. 11 / DDIM eq. 12."""
+    ab_all, betas = ref["alpha_bars"], ref["betas"]
+    a, b, v = 1.0, 0.0, 0.0
+
+    def compose(gain, shift, variance):
+        nonlocal a, b, v
+        a, b, v = gain * a, gain * b + shift, gain * gain * v + variance
+
+    if sampler == "ddpm":
+        for t in range(len(betas) - 1, -1, -1):
+            ea, eb = model.coefficients(t)
+            ab, beta, abp = ab_all[t], betas[t], ref["alpha_bars_prev"][t]
+            # x_{t-1} = (x_t - β_t / √(1-ᾱ_t) ε) / √α_t + σ_t z, σ_t² = β̃_t           (DDPM eq. 11)
+            k = beta / math.sqrt(1 - ab)
+            compose((1 - k * ea) / math.sqrt(1 - beta), -k * eb / math.sqrt(1 - beta),
+                    (1 - abp) / (1 - ab) * beta if t > 0 else 0.0)
+        return a, b, v
+    steps = reference_trailing(len(betas), num_steps)
+    for i, t in enumerate(steps):
+        ea, eb = model.coefficients(t)
+        ab = ab_all[t]
+        ap = ab_all[steps[i + 1]] if i + 1 < len(steps) else 1.0
+        sigma2 = eta**2 * (1 - ap) / (1 - ab) * (1 - ab / ap)  # DDIM eq. 16
+        # x0_hat = p x + q; x_prev = √ᾱ_prev x0_hat + √(1-ᾱ_prev-σ²) ε + σ z            (DDIM eq. 12)
+        p, q = (1 - math.sqrt(1 - ab) * ea) / math.sqrt(ab), -math.sqrt(1 - ab) * eb / math.sqrt(ab)
+        d = math.sqrt(max(1 - ap - sigma2, 0.0))
+        compose(math.sqrt(ap) * p + d * ea, math.sqrt(ap) * q + d * eb, sigma2)
+    return a, b, v
+
+
+def exact_inversion(model: GaussianOptimalEps, ref: dict, num_steps: int) -> tuple[float, float]:
+    """x_T = P x_0 + Q for DDIM inversion (eq. 13 run forwards, ε at the target timestep)."""
+    gain, shift, current = 1.0, 0.0, 1.0
+    for t in reference_trailing(len(ref["betas"]), num_steps)[::-1]:
+        ea, eb = model.coefficients(t)
+        nxt = ref["alpha_bars"][t]
+        g = (1 - math.sqrt(1 - current) * ea) / math.sqrt(current) * math.sqrt(nxt) + math.sqrt(1 - nxt) * ea
+        s = -math.sqrt(1 - current) * eb / math.sqrt(current) * math.sqrt(nxt) + math.sqrt(1 - nxt) * eb
+        gain, shift, current = g * gain, g * shift + s, nxt
+    return gain, shift
+
+
+def assert_moments(x: torch.Tensor, mean: float, var: float, mean_slack: float = 0.0, var_slack: float = 0.0):
+    """Sample mean and variance of x (all entries i.i.d.) within Z standard errors (+ slack)."""
+    n = x.numel()
+    x = x.double()
+    mean_tol = Z * math.sqrt(var / n) + mean_slack
+    var_tol = Z * var * math.sqrt(2 / (n - 1)) + var_slack
+    assert abs(x.mean().item() - mean) < mean_tol, (x.mean().item(), mean, mean_tol)
+    assert abs(x.var().item() - var) < var_tol, (x.var().item(), var, var_tol)
+
+
+def tiny_unet(seed: int = 0) -> UNet:
+    """A tiny UNet with random weights everywhere (the output layer is zero-initialised, so it is
+    re-drawn here: otherwise the network would be the constant zero predictor)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = UNet(base_channels=8, channel_mults=(1, 2))
+        nn.init.normal_(model.conv_out.weight, std=0.05)
+        nn.init.normal_(model.conv_out.bias, std=0.05)
+    return model.eval()
+
+
+# --- schedule ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("timesteps", "beta_start", "beta_end"), [(1000, 1e-4, 0.02), (20, 1e-3, 0.2)])
+def test_schedule_matches_closed_form(timesteps, beta_start, beta_end):
+    diffusion = DiffusionProcess(nn.Identity(), timesteps, beta_start, beta_end)
+    ref = reference_schedule(timesteps, beta_start, beta_end)
+    betas, alpha_bars, prev = ref["betas"], ref["alpha_bars"], ref["alpha_bars_prev"]
+
+    np.testing.assert_allclose(diffusion.betas.numpy(), betas, rtol=1e-6)
+    np.testing.assert_allclose(diffusion.alpha_bars.numpy(), alpha_bars, rtol=1e-6)
+    np.testing.assert_allclose(diffusion.sqrt_alpha_bars.numpy(), np.sqrt(alpha_bars), rtol=1e-6)
+    np.testing.assert_allclose(
+        diffusion.sqrt_one_minus_alpha_bars.numpy(), np.sqrt(1 - alpha_bars), rtol=1e-6
+    )
+    posterior = betas * (1 - prev) / (1 - alpha_bars)
+    np.testing.assert_allclose(diffusion.posterior_variance.numpy(), posterior, rtol=1e-6, atol=0)
+    assert diffusion.posterior_variance[0].item() == 0.0
+    assert (diffusion.posterior_variance[1:] > 0).all()
+    assert diffusion.schedule_config() == {
+        "timesteps": timesteps, "beta_start": beta_start, "beta_end": beta_end, "clip_x0": True
+    }
+
+
+# --- forward process -----------------------------------------------------------------------------
+
+
+def test_add_noise_is_eq4_for_given_noise():
+    diffusion = DiffusionProcess(nn.Identity(), 100)
+    ref = reference_schedule(100, 1e-4, 0.02)
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.rand(5, 1, 3, 3, generator=generator) * 2 - 1
+    noise = torch.randn(x0.shape, generator=generator)
+    t = torch.tensor([0, 1, 37, 98, 99])
+
+    x_t, returned = diffusion.add_noise(x0, t, noise=noise)
+
+    ab = torch.from_numpy(ref["alpha_bars"])[t].reshape(-1, 1, 1, 1)
+    expected = ab.sqrt() * x0.double() + (1 - ab).sqrt() * noise.double()
+    torch.testing.assert_close(x_t.double(), expected, rtol=1e-6, atol=1e-6)
+    assert returned is noise
+
+
+def test_add_noise_draws_from_q_xt_given_x0():
+    diffusion = DiffusionProcess(nn.Identity(), 100)
+    ab = reference_schedule(100, 1e-4, 0.02)["alpha_bars"]
+    t = torch.tensor([0, 50, 99])
+    x0 = torch.full((3, 200_000), 0.7)
+
+    x_t, noise = diffusion.add_noise(x0, t, generator=torch.Generator().manual_seed(1))
+
+    for row, step in enumerate(t.tolist()):
+        assert_moments(x_t[row], math.sqrt(ab[step]) * 0.7, 1 - ab[step])
+    assert_moments(noise, 0.0, 1.0)
+    again, _ = diffusion.add_noise(x0, t, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(x_t, again)
+
+
+# --- single steps --------------------------------------------------------------------------------
+
+
+class KnownEps(nn.Module):
+    """ε̂(x, t) = 0.4 x + 0.01 t - 0.3: depends on t, so a wrong t would show."""
+
+    def __init__(self):
+        super().__init__()
+        self.device_anchor = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t):
+        return 0.4 * x + 0.01 * t.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1))) - 0.3
+
+
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize(("t", "t_prev"), [(60, 40), (99, 0), (5, None)])
+@pytest.mark.parametrize("eta", [0.0, 0.7, 1.0])
+def test_ddim_step_is_eq12(t, t_prev, eta, clip):
+    T = 100
+    diffusion = DiffusionProcess(KnownEps(), T, clip_x0=clip)
+    ref = reference_schedule(T, 1e-4, 0.02)
+    x_t = 1.5 * torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    ab = ref["alpha_bars"][t]
+    ap = 1.0 if t_prev is None else ref["alpha_bars"][t_prev]
+    alpha_bar_prev = torch.ones(()) if t_prev is None else diffusion.alpha_bars[t_prev]
+
+    out = diffusion.ddim_step(x_t, t, alpha_bar_prev, eta, generator=torch.Generator().manual_seed(7))
+
+    x = x_t.double()
+    eps = 0.4 * x + 0.01 * t - 0.3
+    x0 = (x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)
+    if clip:
+        x0 = x0.clamp(-1, 1)
+    sigma = eta * math.sqrt((1 - ap) / (1 - ab) * (1 - ab / ap))
+    expected = math.sqrt(ap) * x0 + math.sqrt(1 - ap - sigma**2) * eps
+    if eta > 0:
+        same_draw = torch.randn(x.shape, generator=torch.Generator().manual_seed(7)).double()
+        expected = expected + sigma * same_draw
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    if clip:
+        assert (x0.abs() == 1).any(), "the test should exercise clipping"
+    if eta > 0 and t_prev is not None:
+        other = diffusion.ddim_step(x_t, t, alpha_bar_prev, eta, generator=torch.Generator().manual_seed(8))
+        assert not torch.allclose(out, other), "the noise must come from the given generator"
+
+
+@pytest.mark.parametrize("t", [0, 1, 50, 99])
+def test_ddpm_step_is_eq11(t):
+    T = 100
+    diffusion = DiffusionProcess(KnownEps(), T, clip_x0=False)
+    ref = reference_schedule(T, 1e-4, 0.02)
+    x_t = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    out = diffusion.ddpm_step(x_t, t, generator=torch.Generator().manual_seed(3))
+
+    beta, ab, abp = ref["betas"][t], ref["alpha_bars"][t], ref["alpha_bars_prev"][t]
+    x = x_t.double()
+    eps = 0.4 * x + 0.01 * t - 0.3
+    expected = (x - beta / math.sqrt(1 - ab) * eps) / math.sqrt(1 - beta)
+    if t > 0:
+        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).double()
+        expected = expected + math.sqrt((1 - abp) / (1 - ab) * beta) * z
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+# --- timesteps -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("timesteps", "num_steps"), [(1000, 50), (1000, 1000), (20, 7), (10, 1), (100, 3), (7, 6)]
+)
+def test_trailing_timesteps(timesteps, num_steps):
+    steps = trailing_timesteps(timesteps, num_steps)
+    assert len(steps) == num_steps
+    assert steps[0] == timesteps - 1
+    assert all(a > b for a, b in pairwise(steps))
+    assert steps[-1] >= 0
+    gaps = {a - b for a, b in pairwise(steps)}
+    assert gaps <= {timesteps // num_steps, math.ceil(timesteps / num_steps)}
+    if num_steps == timesteps:
+        assert steps == list(range(timesteps - 1, -1, -1))
+
+
+def test_trailing_timesteps_values():
+    """The "trailing" spacing of Lin et al. 2024 (diffusers' timestep_spacing="trailing"):
+    round(T - i T / S) - 1."""
+    assert trailing_timesteps(20, 7) == [19, 16, 13, 10, 8, 5, 2]
+    assert trailing_timesteps(1000, 50) == list(range(999, 0, -20))
+    assert trailing_timesteps(10, 4) == [9, 7, 4, 1]  # round half to even, as numpy
+
+
+@pytest.mark.parametrize("num_steps", [0, -1, 21])
+def test_trailing_timesteps_rejects_bad_step_counts(num_steps):
+    with pytest.raises(DiagnosticsError, match="num_steps"):
+        trailing_timesteps(20, num_steps)
+    diffusion = DiffusionProcess(KnownEps(), 20)
+    with pytest.raises(DiagnosticsError, match="num_steps"):
+        diffusion.sample_ddim(torch.zeros(1, 1, 4, 4), num_steps)
+
+
+# --- samplers on Gaussian data -------------------------------------------------------------------
+
+
+def test_gaussian_model_is_detected_on_its_device():
+    diffusion = gaussian_diffusion(20, 1e-3, 0.2)
+    assert next(diffusion.model.parameters(), None) is not None
+    assert model_device(diffusion.model) == torch.device("cpu")
+    assert model_device(diffusion) == diffusion.device
+
+
+SAMPLERS = [
+    pytest.param("ddpm", T_GAUSS, 1.0, id="ddpm"),
+    pytest.param("ddim", T_GAUSS, 0.0, id="ddim-eta0-S=T"),
+    pytest.param("ddim", 250, 0.0, id="ddim-eta0-S=250"),
+    pytest.param("ddim", T_GAUSS, 1.0, id="ddim-eta1-S=T"),
+    pytest.param("ddim", 250, 1.0, id="ddim-eta1-S=250"),
+]
+
+
+@pytest.mark.parametrize(("sampler", "num_steps", "eta"), SAMPLERS)
+def test_samplers_reproduce_gaussian_data(sampler, num_steps, eta):
+    diffusion = gaussian_diffusion()
+    ref = reference_schedule(T_GAUSS, BETA_START, BETA_END)
+    x_T = torch.randn(N_SAMPLES, *SAMPLE_SHAPE, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    if sampler == "ddpm":
+        x0 = diffusion.sample(x_T, generator=generator)
+    else:
+        x0 = diffusion.sample_ddim(x_T, num_steps, eta, generator=generator)
+    assert x0.shape == x_T.shape and x0.dtype == torch.float32
+
+    a, b, v = exact_chain(diffusion.model, ref, sampler, num_steps, eta)
+    # 1. Exactly the distribution that a correct implementation of the sampler produces.
+    assert_moments(x0, b, a * a + v)
+    if eta == 0:
+        # Deterministic: x_0 is this affine function of x_T, element by element.
+        torch.testing.assert_close(x0.double(), a * x_T.double() + b, rtol=0, atol=1e-4)
+    # 2. That distribution is the data's, up to the sampler's discretisation error: with finite
+    #    steps the reverse variance β̃_t (or the DDIM ODE step) makes the variance a few % low
+    #    (the exact figure is |a² + v - s²| / s², between 0.6 % and 5.6 % for these five).
+    assert abs(b - MU) < 0.005 and abs(a * a + v - SD**2) < 0.06 * SD**2
+    assert_moments(x0, MU, SD**2, mean_slack=0.005, var_slack=0.06 * SD**2)
+
+
+def test_ddim_with_eta1_and_all_steps_is_ddpm():
+    """The docstring's claim: S = T, η = 1 is ancestral DDPM with σ² = β̃, draw for draw."""
+    diffusion = gaussian_diffusion(200, 1e-4, 0.05)
+    x_T = torch.randn(64, *SAMPLE_SHAPE, generator=torch.Generator().manual_seed(0))
+    ddpm = diffusion.sample(x_T, generator=torch.Generator().manual_seed(5))
+    ddim = diffusion.sample_ddim(x_T, 200, eta=1.0, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(ddim, ddpm, rtol=0, atol=1e-4)
+
+
+def test_ddim_eta0_is_deterministic_with_tiny_unet():
+    diffusion = DiffusionProcess(tiny_unet(), timesteps=20, beta_start=1e-3, beta_end=0.2)
+    x_T = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    original = x_T.clone()
+    assert diffusion.model(x_T, torch.tensor([19, 3])).abs().max() > 1e-3, "the network must not be trivial"
+
+    for num_steps in (5, 20):
+        first = diffusion.sample_ddim(x_T, num_steps)
+        second = diffusion.sample_ddim(x_T, num_steps)
+        assert torch.equal(first, second)
+        assert torch.isfinite(first).all()
+    assert torch.equal(x_T, original), "sampling must not modify x_T"
+    noisy = [
+        diffusion.sample_ddim(x_T, 5, eta=1.0, generator=torch.Generator().manual_seed(s)) for s in (0, 1)
+    ]
+    assert not torch.allclose(noisy[0], noisy[1])
+
+
+@pytest.mark.parametrize("num_steps", [T_GAUSS, 250])
+def test_ddim_inversion_round_trip(num_steps):
+    diffusion = gaussian_diffusion()
+    ref = reference_schedule(T_GAUSS, BETA_START, BETA_END)
+    x0 = MU + SD * torch.randn(2048, *SAMPLE_SHAPE, generator=torch.Generator().manual_seed(2))
+
+    latents = diffusion.ddim_invert(x0, num_steps)
+    reconstruction = diffusion.sample_ddim(latents, num_steps)
+
+    gain, shift = exact_inversion(diffusion.model, ref, num_steps)
+    torch.testing.assert_close(latents.double(), gain * x0.double() + shift, rtol=0, atol=1e-4)
+    # The encoder maps the data to (nearly) the prior: unit variance, zero mean.
+    assert abs(latents.var().item() - 1) < 0.05
+    assert abs(latents.mean().item()) < 0.05
+    relative_rmse = ((reconstruction - x0).pow(2).mean() / x0.pow(2).mean()).sqrt().item()
+    # Exact arithmetic gives 0.0027 (S = 1000) and 0.0108 (S = 250): the DDIM ODE discretisation.
+    assert relative_rmse < (1e-2 if num_steps == T_GAUSS else 2e-2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -159,3 +160,35 @@ def write_timestep_loss_csv(statistics: TimestepLoss, path: str | os.PathLike) -
 def read_timestep_loss_csv(path: str | os.PathLike) -> list[dict]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def combine_timestep_loss_csvs(csv_by_model: Mapping[str, str | os.PathLike]) -> list[dict]:
+    """The rows of several models' loss CSVs in one table, each led by its ``model`` name.
+
+    Values are copied as written, so the table equals the per-model CSVs exactly. Models keep the
+    mapping's order.
+    """
+    if not csv_by_model:
+        raise DiagnosticsError("nothing to compare: config `models` names no model")
+    combined, columns = [], None
+    for model, path in csv_by_model.items():
+        rows = read_timestep_loss_csv(path)
+        if not rows:
+            raise DiagnosticsError(f"{path} (model {model}): no rows")
+        if columns is None:
+            columns = list(rows[0])
+        elif list(rows[0]) != columns:
+            raise DiagnosticsError(
+                f"{path} (model {model}): columns {list(rows[0])} differ from the other models' {columns}"
+            )
+        combined.extend({"model": model, **row} for row in rows)
+    return combined
+
+
+def write_timestep_loss_comparison_csv(rows: list[dict], path: str | os.PathLike) -> None:
+    """Rows as :func:`combine_timestep_loss_csvs` returns them: model, then the single CSV's columns."""
+    with atomic_output(path) as temporary:
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)

@@ -28,6 +28,29 @@ def trailing_timesteps(timesteps: int, num_steps: int) -> list[int]:
     return [round(timesteps - i * stride) - 1 for i in range(num_steps)]
 
 
+class NonFiniteWatch:
+    """Remembers the first timestep whose output held NaN or Inf, on the device.
+
+    Checking every step on the host would cost a device sync per step; this keeps the answer on
+    the device and reads it once, after the loop.
+    """
+
+    def __init__(self, device: torch.device):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+
+    def update(self, x: torch.Tensor, t: torch.Tensor) -> None:
+        newly_bad = (self.first_bad < 0) & ~torch.isfinite(x).all()
+        self.first_bad = torch.where(newly_bad, t, self.first_bad)
+
+    def raise_if_bad(self, what: str) -> None:
+        bad = int(self.first_bad)
+        if bad >= 0:
+            raise DiagnosticsError(
+                f"{what}: the model's output turned NaN or Inf at timestep {bad}; "
+                "the checkpoint is broken or its training diverged"
+            )
+
+
 class DiffusionProcess(nn.Module):
     """An ε-model with its linear β schedule: noising, DDPM and DDIM sampling, DDIM inversion.
 
@@ -72,6 +95,8 @@ class DiffusionProcess(nn.Module):
         }
         for name, values in schedule.items():
             self.register_buffer(name, values.float(), persistent=False)
+        # Views of this give per-step timestep tensors without allocating one per step.
+        self.register_buffer("timestep_ids", torch.arange(timesteps), persistent=False)
 
     @property
     def device(self) -> torch.device:
@@ -85,8 +110,14 @@ class DiffusionProcess(nn.Module):
             "clip_x0": self.clip_x0,
         }
 
-    def _model_eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.model(x_t, t)
+    def _model_eps(
+        self, x_t: torch.Tensor, t: torch.Tensor, watch: NonFiniteWatch | None = None
+    ) -> torch.Tensor:
+        eps = self.model(x_t, t)
+        if watch is not None:
+            # The model's own output, since clipping x̂_0 can hide an Inf in ε from x.
+            watch.update(eps, t[0])
+        return eps
 
     # --- forward process -------------------------------------------------------------------
 
@@ -127,14 +158,20 @@ class DiffusionProcess(nn.Module):
         )
         return mean, extract(self.posterior_variance, t, x_t.ndim)
 
-    def ddpm_step(self, x_t: torch.Tensor, t: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def ddpm_step(
+        self,
+        x_t: torch.Tensor,
+        t: int,
+        generator: torch.Generator | None = None,
+        watch: NonFiniteWatch | None = None,
+    ) -> torch.Tensor:
         """One ancestral step x_t -> x_{t-1} with σ_t² = β̃_t.
 
         Without clipping, μ̃(x_t, x̂_0(ε)) equals DDPM eq. 11; with clipping x̂_0 is first held to
         the data range, as in the DDPM reference code.
         """
-        t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
-        eps = self._model_eps(x_t, t_batch)
+        t_batch = self.timestep_ids[t].expand(x_t.shape[0])
+        eps = self._model_eps(x_t, t_batch, watch)
         x0 = self._maybe_clip(self.predict_x0(x_t, t_batch, eps))
         mean, variance = self.posterior_mean_variance(x_t, t_batch, x0)
         if t == 0:
@@ -152,8 +189,10 @@ class DiffusionProcess(nn.Module):
     ) -> torch.Tensor:
         """Run all T ancestral steps from x_T (DDPM Algorithm 2); stochastic."""
         x = x_T.to(self.device)
+        watch = NonFiniteWatch(x.device)
         for t in progress_bar(range(self.timesteps - 1, -1, -1), desc=desc, disable=not progress):
-            x = self.ddpm_step(x, t, generator)
+            x = self.ddpm_step(x, t, generator, watch)
+        watch.raise_if_bad("DDPM sampling")
         return x
 
     # --- DDIM ------------------------------------------------------------------------------
@@ -165,11 +204,12 @@ class DiffusionProcess(nn.Module):
         alpha_bar_prev: torch.Tensor,
         eta: float = 0.0,
         generator: torch.Generator | None = None,
+        watch: NonFiniteWatch | None = None,
     ) -> torch.Tensor:
         """One generalised step x_t -> x_{t_prev} with σ controlled by η.              (DDIM eq. 12)"""
-        t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        t_batch = self.timestep_ids[t].expand(x_t.shape[0])
         alpha_bar_t = self.alpha_bars[t]
-        eps = self._model_eps(x_t, t_batch)
+        eps = self._model_eps(x_t, t_batch, watch)
         x0 = self._maybe_clip(self.predict_x0(x_t, t_batch, eps))
         # σ_t(η) = η √((1 - ᾱ_prev) / (1 - ᾱ_t)) √(1 - ᾱ_t / ᾱ_prev)                  (DDIM eq. 16)
         sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)).sqrt()
@@ -198,9 +238,11 @@ class DiffusionProcess(nn.Module):
         x = x_T.to(self.device)
         steps = trailing_timesteps(self.timesteps, num_steps)
         one = torch.ones((), device=self.device)
+        watch = NonFiniteWatch(x.device)
         for i, t in enumerate(progress_bar(steps, desc=desc, disable=not progress)):
             alpha_bar_prev = self.alpha_bars[steps[i + 1]] if i + 1 < len(steps) else one
-            x = self.ddim_step(x, t, alpha_bar_prev, eta, generator)
+            x = self.ddim_step(x, t, alpha_bar_prev, eta, generator, watch)
+        watch.raise_if_bad("DDIM sampling")
         return x
 
     @torch.inference_mode()
@@ -213,11 +255,13 @@ class DiffusionProcess(nn.Module):
         x = x_0.to(self.device)
         steps = trailing_timesteps(self.timesteps, num_steps)[::-1]
         alpha_bar_current = torch.ones((), device=self.device)
+        watch = NonFiniteWatch(x.device)
         for t in progress_bar(steps, desc=f"DDIM inversion {num_steps}", disable=not progress):
-            t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-            eps = self._model_eps(x, t_batch)
+            t_batch = self.timestep_ids[t].expand(x.shape[0])
+            eps = self._model_eps(x, t_batch, watch)
             x0 = (x - (1 - alpha_bar_current).sqrt() * eps) / alpha_bar_current.sqrt()
             alpha_bar_next = self.alpha_bars[t]
             x = alpha_bar_next.sqrt() * x0 + (1 - alpha_bar_next).sqrt() * eps
             alpha_bar_current = alpha_bar_next
+        watch.raise_if_bad("DDIM inversion")
         return x

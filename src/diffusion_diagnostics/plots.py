@@ -1,4 +1,4 @@
-"""matplotlib figures: per-timestep loss bars and the training loss curve."""
+"""matplotlib figures: per-timestep loss bars, their comparison across models, the training loss curve."""
 
 from __future__ import annotations
 
@@ -25,6 +25,37 @@ def plot_timestep_loss(rows: list[dict], path: str | os.PathLike) -> None:
     axes.set_xlabel("timestep t")
     axes.set_ylabel("MSE (ε-prediction error)")
     axes.grid(axis="y", alpha=0.3)
+    _save(figure, path)
+
+
+def plot_timestep_loss_comparison(rows: list[dict], path: str | os.PathLike) -> None:
+    """One ε-MSE line per model over the bucket centres, with a ±1 standard-error band.
+
+    ``rows`` as in the comparison CSV: the loss CSV's columns plus ``model``; models keep the order
+    of their first row.
+    """
+    by_model: dict[str, list[dict]] = {}
+    for row in rows:
+        by_model.setdefault(row["model"], []).append(row)
+    figure, axes = plt.subplots(figsize=(7.0, 4.0), layout="constrained")
+    for model, model_rows in by_model.items():
+        centres = [(int(r["t_start"]) + int(r["t_end"])) / 2 for r in model_rows]
+        means = [float(r["mse"]) for r in model_rows]
+        errors = [0.0 if math.isnan(float(r["std_error"])) else float(r["std_error"]) for r in model_rows]
+        (line,) = axes.plot(centres, means, "o-", markersize=3, label=model)
+        axes.fill_between(
+            centres,
+            [m - e for m, e in zip(means, errors, strict=True)],
+            [m + e for m, e in zip(means, errors, strict=True)],
+            color=line.get_color(),
+            alpha=0.2,
+            linewidth=0,
+        )
+    axes.set_title("Noise-prediction error vs timestep")
+    axes.set_xlabel("timestep t")
+    axes.set_ylabel("MSE (ε-prediction error)")
+    axes.grid(alpha=0.3)
+    axes.legend(title="model (±1 SE band)")
     _save(figure, path)
 
 

@@ -1,0 +1,159 @@
+"""Config fuzzing: every invalid value is rejected naming its key; every valid config passes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from diffusion_diagnostics import DiagnosticsError
+from diffusion_diagnostics.config import check_config
+
+from conftest import REPO, tiny_config
+
+SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
+DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+JSON_TYPES = {
+    # JSON Schema counts 1.0 as an integer (check_config then hands the code an int).
+    "integer": lambda v: (
+        (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
+    ),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "array": lambda v: isinstance(v, list),
+}
+
+
+def resolve(schema: dict) -> dict:
+    if "$ref" in schema:
+        return SCHEMA["definitions"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def leaves(schema: dict, path: tuple = ()) -> list[tuple[tuple, dict]]:
+    """(path, schema) of every scalar or array key of the config."""
+    schema = resolve(schema)
+    if schema.get("type") == "object" and "properties" in schema:
+        return [item for key, sub in schema["properties"].items() for item in leaves(sub, path + (key,))]
+    if schema.get("type") in JSON_TYPES:
+        return [(path, schema)]
+    return []  # free-form mappings (the model sweep) have their own tests
+
+
+LEAVES = leaves(SCHEMA)
+ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(min_size=1, max_size=5), st.integers(), max_size=2),
+)
+
+
+def with_value(config: dict, path: tuple, value) -> dict:
+    changed = copy.deepcopy(config)
+    node = changed
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return changed
+
+
+def rejection(config: dict) -> str:
+    with pytest.raises(DiagnosticsError) as error:
+        check_config(config, SCHEMA_PATH)
+    message = str(error.value)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+def test_shipped_and_tiny_configs_are_valid():
+    check_config(copy.deepcopy(DEFAULT), SCHEMA_PATH)
+    check_config(tiny_config(), SCHEMA_PATH)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_value_of_the_wrong_type_is_rejected_naming_its_key(data):
+    path, schema = data.draw(st.sampled_from(LEAVES))
+    accepts = JSON_TYPES[schema["type"]]
+    value = data.draw(ANY_VALUE.filter(lambda v: not accepts(v)))
+    assert ".".join(path) in rejection(with_value(DEFAULT, path, value))
+
+
+BOUNDED = [
+    (p, s)
+    for p, s in LEAVES
+    if s["type"] in ("integer", "number") and ("minimum" in s or "exclusiveMinimum" in s)
+]
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_zero_negative_and_out_of_range_numbers_are_rejected(data):
+    path, schema = data.draw(st.sampled_from(BOUNDED))
+    low = schema.get("minimum", schema.get("exclusiveMinimum"))
+    below = data.draw(st.integers(-(10**6), -1)) + low
+    if "exclusiveMinimum" in schema:
+        below = data.draw(st.sampled_from([low, below]))
+    assert ".".join(path) in rejection(with_value(DEFAULT, path, below))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    section=st.sampled_from([(), ("data",), ("train",), ("interpolation",), ("interpolation", "ddim")]),
+    key=st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12),
+)
+def test_unknown_keys_are_rejected_naming_them(section, key):
+    node = DEFAULT
+    for part in section:
+        node = node[part]
+    if key in node:
+        return
+    message = rejection(with_value(DEFAULT, section + (key,), 1))
+    assert repr(key) in message
+
+
+def valid_value(schema: dict):
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    kind = schema["type"]
+    if kind == "boolean":
+        return st.booleans()
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", -1000))
+        high = schema.get("maximum", schema.get("exclusiveMaximum", low + 10**6))
+        if kind == "integer":
+            return st.integers(
+                int(low) + ("exclusiveMinimum" in schema), int(high) - ("exclusiveMaximum" in schema)
+            )
+        return st.floats(
+            low, high, exclude_min="exclusiveMinimum" in schema, exclude_max="exclusiveMaximum" in schema
+        )
+    return None  # strings and arrays keep their shipped values
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_every_valid_config_passes(data):
+    config = copy.deepcopy(DEFAULT)
+    for path, schema in LEAVES:
+        strategy = valid_value(schema)
+        if strategy is not None and data.draw(st.booleans()):
+            config = with_value(config, path, data.draw(strategy))
+    check_config(config, SCHEMA_PATH)
+
+
+def test_integral_floats_reach_the_code_as_ints():
+    config = with_value(DEFAULT, ("interpolation", "batch_size"), 8.0)
+    check_config(config, SCHEMA_PATH)
+    assert config["interpolation"]["batch_size"] == 8 and type(config["interpolation"]["batch_size"]) is int

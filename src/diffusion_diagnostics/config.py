@@ -55,7 +55,12 @@ def _integers_as_int(node, schema: dict, definitions: dict | None = None) -> Non
 
 def describe(error: ValidationError) -> str:
     key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+    # A pattern says little to a reader; the schema's description of the value says more.
+    described = (
+        error.schema.get("description") if error.absolute_path and isinstance(error.schema, dict) else None
+    )
+    hint = f" ({described})" if described else ""
     return (
-        f"config error at {key}: {error.message}. "
+        f"config error at {key}: {error.message}{hint}. "
         "See config.yaml for each key's meaning and allowed values."
     )

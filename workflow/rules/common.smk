@@ -1,44 +1,51 @@
 import os
+import re
+import sys
 from pathlib import Path
 
-from jsonschema import ValidationError
-from snakemake.exceptions import WorkflowError
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("8.20")
 
+# This checkout's package, for this process and, through PYTHONPATH, for every job (also inside
+# --sdm conda environments and cluster jobs, which inherit the environment): code and workflow
+# always match.
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
+)
 
-def validate_config():
-    """Schema-check the config; a violation becomes one line that names the key."""
-    try:
-        validate(config, schema="../schemas/config.schema.yaml")
-    except WorkflowError as error:
-        cause = error.__context__
-        if not isinstance(cause, ValidationError):
-            raise
-        key = ".".join(str(part) for part in cause.absolute_path) or "(top level)"
-        raise WorkflowError(
-            f"config error at {key}: {cause.message}. "
-            "See config.yaml for each key's meaning and allowed values."
-        ) from None
+from diffusion_diagnostics.config import check_config
+from diffusion_diagnostics.errors import DiagnosticsError
 
-
-validate_config()
+# A violation stops the run with one line naming the key (no traceback): see check_config.
+try:
+    check_config(config, workflow.source_path("../schemas/config.schema.yaml"))
+except DiagnosticsError as error:
+    sys.exit(str(error))
 
 
 # Every rule runs in the environment this file describes when --sdm conda is given.
 CONDA_ENV = "../../environment.yml"
-# The scripts import the package from this checkout (also inside --sdm conda environments and
-# cluster jobs, which inherit the environment), so code and workflow always match.
-os.environ.update(
-    PYTHONPATH=os.pathsep.join(
-        filter(
-            None, [str(Path(workflow.basedir) / "src"), os.environ.get("PYTHONPATH")]
-        )
-    )
-)
+# A sweep (config `models`) puts each model's files under results/<model>/ (logs under
+# logs/<model>/) through the {model} wildcard; with one model (no `models`, the default) the paths
+# are the plain ones, results/timestep_loss.csv and so on. Rules write their per-model paths as
+# f"results/{PER_MODEL}name", which is one of the two.
+MODELS = config.get("models") or {}
+SWEEP = bool(MODELS)
+PER_MODEL = "{model}/" if SWEEP else ""
+# A sweep's models, one subcategory each in `snakemake --report`.
+REPORT_SUBCATEGORY = "{model}" if SWEEP else None
 
-TRAINED_CHECKPOINT = "results/train/best_model.pt"
+
+wildcard_constraints:
+    # Exactly the configured names, so that results/compare/ or results/noise/ is never taken for
+    # a model (with one model no rule has the wildcard, and "(?!)" matches nothing).
+    model="|".join(re.escape(name) for name in MODELS) or "(?!)",
+
+
+TRAINED_CHECKPOINT = f"results/{PER_MODEL}train/best_model.pt"
 DATA = {
     "train": "resources/mnist/train.pt",
     "heldout": "resources/mnist/heldout.pt",
@@ -48,10 +55,42 @@ DATA = {
 SAMPLE_SHAPE = [1, 28, 28]
 
 
-def model_checkpoint():
-    """The user's checkpoint when it exists (used as given, never written), else the trained one."""
-    configured = Path(config["checkpoint"])
-    return str(configured) if configured.is_file() else TRAINED_CHECKPOINT
+def model_checkpoint(wildcards):
+    """The model's given checkpoint when that file exists (used as given, never written), else
+    the one the train rule makes for it."""
+    if not SWEEP:
+        given, trained = config["checkpoint"], TRAINED_CHECKPOINT
+    else:
+        # A sweep ignores the top-level `checkpoint`: a model without one of its own is trained.
+        given = MODELS[wildcards.model].get("checkpoint")
+        trained = TRAINED_CHECKPOINT.format(model=wildcards.model)
+    return given if given and Path(given).is_file() else trained
+
+
+def model_settings(section):
+    """Params function: config[section] (model, diffusion or train), with a sweep model's own
+    overrides of single keys merged over it."""
+
+    def settings(wildcards):
+        merged = dict(config[section])
+        if SWEEP:
+            merged.update(MODELS[wildcards.model].get(section, {}))
+        return merged
+
+    return settings
+
+
+def for_each_model(*paths):
+    """The per-model `paths` (written with PER_MODEL) of every model: the paths themselves with one model."""
+    return expand(paths, model=list(MODELS)) if SWEEP else list(paths)
+
+
+# Built by `all` besides the per-model files: a sweep's comparison of the models.
+COMPARISON = (
+    ["results/compare/timestep_loss.csv", "results/compare/timestep_loss.png"]
+    if SWEEP
+    else []
+)
 
 
 def benchmark_file(rule_name):

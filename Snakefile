@@ -13,13 +13,18 @@ include: "workflow/rules/loss.smk"
 include: "workflow/rules/interpolation.smk"
 
 
+# With `models` in the config: every model's files under results/<model>/ and their comparison
+# under results/compare/; without: the files below as they are.
 rule all:
     default_target: True
     input:
-        "results/timestep_loss.csv",
-        "results/timestep_loss.png",
+        for_each_model(
+            f"results/{PER_MODEL}timestep_loss.csv",
+            f"results/{PER_MODEL}timestep_loss.png",
+            f"results/{PER_MODEL}interp.png",
+            f"results/{PER_MODEL}interp_ddim.png",
+        ),
         "results/noise/ddpm_endpoints.pt",
         "results/noise/ddim_endpoints.pt",
-        "results/interp.png",
-        "results/interp_ddim.png",
+        COMPARISON,
     localrule: True

@@ -30,6 +30,9 @@ import pytest
 import torch
 import yaml
 
+from diffusion_diagnostics.checkpoint import save_checkpoint
+from diffusion_diagnostics.unet import UNet
+
 pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,7 +153,7 @@ class Run:
         return f"snakemake in {self.workdir} exited {self.returncode}; output ends:\n{_tail(self.output, 60)}"
 
 
-def _snakemake(workdir: Path, *args: str) -> Run:
+def _snakemake(workdir: Path, *args: str, configfile: Path = TINY_CONFIG) -> Run:
     env = {key: value for key, value in os.environ.items() if key != "SNAKEMAKE_PROFILE"}
     command = [
         sys.executable,
@@ -159,7 +162,7 @@ def _snakemake(workdir: Path, *args: str) -> Run:
         "-s",
         str(SNAKEFILE),
         "--configfile",
-        str(TINY_CONFIG),
+        str(configfile),
         *args,
     ]
     try:
@@ -199,7 +202,7 @@ def _slurm_records(job_ids: list[str]) -> dict[str, dict[str, str]]:
     return records
 
 
-def _cluster_snakemake(workdir: Path, *args: str) -> Run:
+def _cluster_snakemake(workdir: Path, *args: str, configfile: Path = TINY_CONFIG) -> Run:
     """snakemake --profile profiles/slurm with the overrides a one-node test cluster needs."""
     run = _snakemake(
         workdir,
@@ -218,6 +221,7 @@ def _cluster_snakemake(workdir: Path, *args: str) -> Run:
         "5",
         "--verbose",
         *args,
+        configfile=configfile,
     )
     sbatch_lines = [shlex.split(line) for line in SBATCH_LINE.findall(run.output)]
     submitted = SUBMITTED_LINE.findall(run.output)
@@ -404,3 +408,54 @@ def test_failing_cluster_job_fails_the_run(slurm_cluster, cluster_run, tmp_path)
     assert str(slurm_log) in run.output, run.describe()
     assert "error in rule timestep_loss:" in slurm_log.read_text(), _tail(slurm_log.read_text())
     assert not (tmp_path / "results" / "timestep_loss.csv").exists()
+
+
+def test_sweep_runs_each_model_as_its_own_jobs(slurm_cluster, tmp_path):
+    """Two models (one given, one trained) to their comparison: one SLURM job per model and rule.
+
+    Only the comparison is asked for (the grids would add minutes and nothing new). With one GPU
+    on this node the GPU jobs run one after another, so side by side shows as: the given model's
+    loss job is submitted at the start, before the other model's training has ended.
+    """
+    slurm_cluster.require()
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    torch.manual_seed(0)
+    given = tmp_path / "given_model.pt"
+    save_checkpoint(given, UNet(**config["model"]), config["diffusion"])
+    config["models"] = {"given": {"checkpoint": str(given)}, "small": {"train": {"seed": 1, "steps": 3}}}
+    configfile = tmp_path / "sweep_config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+
+    run = _cluster_snakemake(tmp_path, "results/compare/timestep_loss.png", configfile=configfile)
+
+    assert run.returncode == 0, run.describe()
+    jobs = {(job.rule, job.record.get("Comment", "").partition("_wildcards_")[2]): job for job in run.jobs}
+    assert sorted(jobs) == [
+        ("compare_timestep_loss", ""),
+        ("timestep_loss", "given"),
+        ("timestep_loss", "small"),
+        ("train", "small"),
+    ], run.describe()
+    assert len({job.record["JobId"] for job in run.jobs}) == len(run.jobs) == 4
+    wanted = _profile()["set-resources"]
+    for (rule, _), job in jobs.items():
+        assert job.record.get("JobState") == "COMPLETED", (rule, job.record)
+        assert ("--gpus=1" in job.sbatch) == (rule != "compare_timestep_loss"), job.sbatch
+        assert _option(job.sbatch, "-t", "--time") == str(wanted[rule]["runtime"]), job.sbatch
+    first_loss, training = jobs["timestep_loss", "given"].record, jobs["train", "small"].record
+    assert first_loss["SubmitTime"] < training["EndTime"], (first_loss, training)
+
+    combined = _csv_rows_by_model(tmp_path / "results" / "compare" / "timestep_loss.csv")
+    for model in ("given", "small"):
+        assert combined[model] == _csv_rows(tmp_path / "results" / model / "timestep_loss.csv"), model
+    assert (tmp_path / "results" / "compare" / "timestep_loss.png").stat().st_size > 0
+    assert not (tmp_path / "results" / "given" / "train").exists()
+
+
+def _csv_rows_by_model(path: Path) -> dict[str, list[dict[str, float]]]:
+    rows: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            model = row.pop("model")
+            rows[model].append({key: float(value) for key, value in row.items()})
+    return rows

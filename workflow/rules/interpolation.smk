@@ -2,6 +2,8 @@ wildcard_constraints:
     sampler="ddpm|ddim",
 
 
+# Shared by all models of a sweep: every model's grid decodes the same starting noise, which is what
+# makes the grids of different models comparable row by row.
 rule noise_endpoints:
     output:
         endpoints="results/noise/{sampler}_endpoints.pt",
@@ -22,18 +24,19 @@ rule noise_endpoints:
 
 rule interpolation_grid_ddpm:
     input:
-        model=model_checkpoint(),
+        model=model_checkpoint,
         endpoints="results/noise/ddpm_endpoints.pt",
     output:
         grid=report(
-            "results/interp.png",
+            f"results/{PER_MODEL}interp.png",
             caption="../report/interp.rst",
             category="Interpolation",
+            subcategory=REPORT_SUBCATEGORY,
         ),
     log:
-        "logs/interpolation_grid_ddpm.log",
+        f"logs/{PER_MODEL}interpolation_grid_ddpm.log",
     benchmark:
-        benchmark_file("interpolation_grid_ddpm")
+        benchmark_file(f"{PER_MODEL}interpolation_grid_ddpm")
     conda:
         CONDA_ENV
     threads: config["threads"]
@@ -49,18 +52,19 @@ rule interpolation_grid_ddpm:
 
 use rule interpolation_grid_ddpm as interpolation_grid_ddim with:
     input:
-        model=model_checkpoint(),
+        model=model_checkpoint,
         endpoints="results/noise/ddim_endpoints.pt",
     output:
         grid=report(
-            "results/interp_ddim.png",
+            f"results/{PER_MODEL}interp_ddim.png",
             caption="../report/interp_ddim.rst",
             category="Interpolation",
+            subcategory=REPORT_SUBCATEGORY,
         ),
     log:
-        "logs/interpolation_grid_ddim.log",
+        f"logs/{PER_MODEL}interpolation_grid_ddim.log",
     benchmark:
-        benchmark_file("interpolation_grid_ddim")
+        benchmark_file(f"{PER_MODEL}interpolation_grid_ddim")
     conda:
         CONDA_ENV
     params:

@@ -1,17 +1,18 @@
 rule timestep_loss:
     input:
-        model=model_checkpoint(),
+        model=model_checkpoint,
         heldout=DATA["heldout"],
     output:
         csv=report(
-            "results/timestep_loss.csv",
+            f"results/{PER_MODEL}timestep_loss.csv",
             caption="../report/timestep_loss_csv.rst",
             category="Loss",
+            subcategory=REPORT_SUBCATEGORY,
         ),
     log:
-        "logs/timestep_loss.log",
+        f"logs/{PER_MODEL}timestep_loss.log",
     benchmark:
-        benchmark_file("timestep_loss")
+        benchmark_file(f"{PER_MODEL}timestep_loss")
     conda:
         CONDA_ENV
     threads: config["threads"]
@@ -26,19 +27,49 @@ rule timestep_loss:
 
 rule plot_timestep_loss:
     input:
-        csv="results/timestep_loss.csv",
+        csv=f"results/{PER_MODEL}timestep_loss.csv",
     output:
         png=report(
-            "results/timestep_loss.png",
+            f"results/{PER_MODEL}timestep_loss.png",
             caption="../report/timestep_loss.rst",
             category="Loss",
+            subcategory=REPORT_SUBCATEGORY,
         ),
     log:
-        "logs/plot_timestep_loss.log",
+        f"logs/{PER_MODEL}plot_timestep_loss.log",
     benchmark:
-        benchmark_file("plot_timestep_loss")
+        benchmark_file(f"{PER_MODEL}plot_timestep_loss")
     conda:
         CONDA_ENV
     threads: 1
     script:
         "../../scripts/plot_timestep_loss.py"
+
+
+# A sweep only (config `models`): every model's loss, measured with the same settings on the same
+# held-out digits, in one table and one figure.
+rule compare_timestep_loss:
+    input:
+        csvs=expand("results/{model}/timestep_loss.csv", model=list(MODELS)),
+    output:
+        csv=report(
+            "results/compare/timestep_loss.csv",
+            caption="../report/compare_timestep_loss_csv.rst",
+            category="Comparison",
+        ),
+        png=report(
+            "results/compare/timestep_loss.png",
+            caption="../report/compare_timestep_loss.rst",
+            category="Comparison",
+        ),
+    log:
+        "logs/compare_timestep_loss.log",
+    benchmark:
+        benchmark_file("compare_timestep_loss")
+    conda:
+        CONDA_ENV
+    threads: 1
+    params:
+        models=list(MODELS),
+    script:
+        "../../scripts/compare_timestep_loss.py"

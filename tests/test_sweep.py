@@ -1,0 +1,275 @@
+"""A sweep (config `models`): per-model outputs under results/<model>/, and their comparison.
+
+One real snakemake run of the tiny config with two models: `given`, a checkpoint file made here
+(used as given, never written), and `small`, trained with its own model and train overrides. Then
+dry runs that show each model's work as separate, independent jobs, and schema rejections.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+
+import pytest
+import torch
+from PIL import Image
+
+from diffusion_diagnostics.analysis import combine_timestep_loss_csvs, write_timestep_loss_comparison_csv
+from diffusion_diagnostics.checkpoint import load_checkpoint, save_checkpoint
+from diffusion_diagnostics.errors import DiagnosticsError
+from diffusion_diagnostics.plots import plot_timestep_loss_comparison
+from diffusion_diagnostics.unet import UNet
+
+from conftest import run_snakemake, tiny_config
+
+MODELS = ("given", "small")
+PER_MODEL_OUTPUTS = ["timestep_loss.csv", "timestep_loss.png", "interp.png", "interp_ddim.png"]
+COMPARE_CSV = "results/compare/timestep_loss.csv"
+COMPARE_PNG = "results/compare/timestep_loss.png"
+MODEL_RULES = {"train", "timestep_loss", "interpolation_grid_ddpm", "interpolation_grid_ddim"}
+# Overrides merged over the tiny config's model and train settings for the trained model.
+SMALL_OVERRIDES = {"model": {"base_channels": 4}, "train": {"seed": 1, "steps": 3}}
+
+
+def sweep_config(workdir) -> dict:
+    """The tiny config with two models; writes the `given` model's checkpoint into ``workdir``."""
+    config = tiny_config()
+    torch.manual_seed(0)
+    given = workdir / "given_model.pt"
+    save_checkpoint(given, UNet(**config["model"]), config["diffusion"])
+    config["models"] = {"given": {"checkpoint": str(given)}, "small": SMALL_OVERRIDES}
+    return config
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def planned_jobs(dry_run_output: str) -> dict[str, int]:
+    """Rule -> count from the job-stats table of ``snakemake -n``."""
+    table = dry_run_output.split("Job stats:", 1)[1]
+    return {
+        rule: int(count)
+        for rule, count in re.findall(r"^(\w+)\s+(\d+)\s*$", table, flags=re.MULTILINE)
+        if rule != "total"
+    }
+
+
+@dataclass
+class PlannedJob:
+    rule: str
+    model: str | None
+    inputs: list[str]
+    outputs: list[str]
+    block: str
+
+
+def dry_run_jobs(dry_run_output: str) -> list[PlannedJob]:
+    """The jobs of ``snakemake -n --verbose``, from their blocks."""
+
+    def files(block: str, kind: str) -> list[str]:
+        listed = re.search(rf"^\s+{kind}: (.*)$", block, re.MULTILINE)
+        return listed.group(1).split(", ") if listed else []
+
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule )", dry_run_output):
+        header = re.match(r"(?:local)?rule (\w+):", block)
+        if header:
+            model = re.search(r"^\s+wildcards: .*\bmodel=([^,\s]+)", block, re.MULTILINE)
+            jobs.append(
+                PlannedJob(
+                    header.group(1),
+                    model.group(1) if model else None,
+                    files(block, "input"),
+                    files(block, "output"),
+                    block,
+                )
+            )
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("sweep")
+    config = sweep_config(workdir)
+    given = workdir / "given_model.pt"
+    before = (given.read_bytes(), given.stat().st_mtime_ns)
+    result = run_snakemake(workdir, "--cores", "2", "--resources", "gpu=1", config=config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (given.read_bytes(), given.stat().st_mtime_ns) == before, "the given checkpoint was touched"
+    return workdir, config
+
+
+def test_sweep_writes_every_per_model_output_and_no_single_model_one(sweep_run):
+    workdir, _ = sweep_run
+    for model in MODELS:
+        for name in PER_MODEL_OUTPUTS:
+            assert (workdir / "results" / model / name).stat().st_size > 0, (model, name)
+    for name in (
+        COMPARE_CSV,
+        COMPARE_PNG,
+        "results/noise/ddpm_endpoints.pt",
+        "results/noise/ddim_endpoints.pt",
+    ):
+        assert (workdir / name).stat().st_size > 0, name
+    # Only the model without a checkpoint file was trained, into its own folder.
+    assert (workdir / "results/small/train/best_model.pt").is_file()
+    assert not (workdir / "results/given/train").exists()
+    for single in ("results/timestep_loss.csv", "results/interp.png", "results/train"):
+        assert not (workdir / single).exists(), single
+    logs = [path for path in (workdir / "logs").rglob("*.log")]
+    assert {path.parent.name for path in logs} >= set(MODELS)
+    for log in logs:
+        assert "Traceback" not in log.read_text(), log
+
+
+def test_trained_model_has_its_overrides_over_the_top_level_settings(sweep_run):
+    workdir, config = sweep_run
+    diffusion, training = load_checkpoint(workdir / "results/small/train/best_model.pt")
+    architecture = {key: diffusion.model.config[key] for key in config["model"]}
+    assert architecture == {**config["model"], **SMALL_OVERRIDES["model"]}
+    assert training["config"] == {**config["train"], **SMALL_OVERRIDES["train"]}
+    assert (workdir / "results/small/train/resume_state.pt").is_file()
+
+
+def test_comparison_csv_is_the_per_model_csvs_with_a_model_column(sweep_run):
+    workdir, config = sweep_run
+    combined = read_csv(workdir / COMPARE_CSV)
+    assert list(combined[0]) == ["model", "bucket", "t_start", "t_end", "mse", "count", "std_error"]
+    buckets = config["timestep_loss"]["buckets"]
+    assert len(combined) == len(MODELS) * buckets
+    for model in MODELS:
+        own = read_csv(workdir / "results" / model / "timestep_loss.csv")
+        assert len(own) == buckets
+        assert [
+            {k: v for k, v in row.items() if k != "model"} for row in combined if row["model"] == model
+        ] == own
+    # Two different models, measured alike: their losses differ.
+    assert [row["mse"] for row in combined[:buckets]] != [row["mse"] for row in combined[buckets:]]
+
+
+def test_comparison_png_and_grids_are_images(sweep_run):
+    workdir, config = sweep_run
+    with Image.open(workdir / COMPARE_PNG) as image:
+        assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
+    settings = config["interpolation"]
+    tile = 28 + 2
+    for model in MODELS:
+        with Image.open(workdir / "results" / model / "interp_ddim.png") as image:
+            assert image.size == (settings["steps"] * tile + 2, settings["n"] * tile + 2)
+
+
+def test_rerun_of_the_sweep_has_nothing_to_do(sweep_run):
+    workdir, config = sweep_run
+    result = run_snakemake(workdir, "--cores", "1", "-n", config=config)
+    assert result.returncode == 0, result.stderr
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_dry_run_plans_one_job_per_model_and_rule(tmp_path):
+    config = sweep_config(tmp_path)
+    result = run_snakemake(tmp_path, "-n", "--verbose", config=config)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert planned_jobs(output) == {
+        "download_mnist": 1,
+        "noise_endpoints": 2,  # shared by the models: every grid starts from the same noise
+        "train": 1,  # `given` has its checkpoint
+        "timestep_loss": 2,
+        "plot_timestep_loss": 2,
+        "interpolation_grid_ddpm": 2,
+        "interpolation_grid_ddim": 2,
+        "compare_timestep_loss": 1,
+        "all": 1,
+    }
+    jobs = dry_run_jobs(output)
+    for job in jobs:
+        if job.rule != "all":
+            assert ("gpu=1" in job.block) == (job.rule in MODEL_RULES), job.block
+    for rule in (MODEL_RULES - {"train"}) | {"plot_timestep_loss"}:
+        assert sorted(job.model for job in jobs if job.rule == rule) == sorted(MODELS), rule
+
+    # No job of one model needs (directly or not) a job of another: a cluster runs them side by side.
+    producer = {path: job for job in jobs for path in job.outputs}
+
+    def upstream(job: PlannedJob) -> list[PlannedJob]:
+        found, stack = [], [job]
+        while stack:
+            for path in stack.pop().inputs:
+                if path in producer and producer[path] not in found:
+                    found.append(producer[path])
+                    stack.append(producer[path])
+        return found
+
+    for job in jobs:
+        if job.model is not None:
+            others = {other.model for other in upstream(job)} - {None, job.model}
+            assert not others, (job.rule, job.model, others)
+    [compare] = [job for job in jobs if job.rule == "compare_timestep_loss"]
+    assert {producer[path].model for path in compare.inputs} == set(MODELS)
+
+
+@pytest.mark.parametrize(
+    ("models", "key"),
+    [
+        ({"bad/name": {}}, "models"),
+        ({"compare": {}}, "models"),
+        ({"a": {"epochs": 3}}, "models.a"),
+        ({"a": {"train": {"lr": -1.0}}}, "models.a.train.lr"),
+    ],
+)
+def test_bad_models_are_rejected_naming_the_key(tmp_path, models, key):
+    config = tiny_config()
+    config["models"] = models
+    result = run_snakemake(tmp_path, "--cores", "1", config=config)
+    assert result.returncode != 0
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("config error at")]
+    assert len(error_lines) == 1 and f"config error at {key}:" in error_lines[0], result.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+# --- the package functions behind compare_timestep_loss ------------------------------------------
+
+
+def write_loss_csv(path, mse: list[float]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["bucket", "t_start", "t_end", "mse", "count", "std_error"])
+        for bucket, value in enumerate(mse):
+            writer.writerow([bucket, 10 * bucket, 10 * bucket + 9, value, 4, "nan" if bucket else 0.01])
+
+
+def test_combined_rows_keep_model_order_and_values(tmp_path):
+    write_loss_csv(tmp_path / "b.csv", [0.5, 0.25])
+    write_loss_csv(tmp_path / "a.csv", [0.125, 0.0625])
+    rows = combine_timestep_loss_csvs({"b": tmp_path / "b.csv", "a": tmp_path / "a.csv"})
+    assert [(row["model"], row["mse"]) for row in rows] == [
+        ("b", "0.5"),
+        ("b", "0.25"),
+        ("a", "0.125"),
+        ("a", "0.0625"),
+    ]
+    write_timestep_loss_comparison_csv(rows, tmp_path / "compare.csv")
+    assert read_csv(tmp_path / "compare.csv") == rows
+
+
+def test_combining_nothing_or_mismatched_columns_is_an_error(tmp_path):
+    with pytest.raises(DiagnosticsError, match="names no model"):
+        combine_timestep_loss_csvs({})
+    write_loss_csv(tmp_path / "a.csv", [0.5])
+    (tmp_path / "odd.csv").write_text("bucket,mse\n0,0.5\n")
+    with pytest.raises(DiagnosticsError, match="columns"):
+        combine_timestep_loss_csvs({"a": tmp_path / "a.csv", "odd": tmp_path / "odd.csv"})
+
+
+def test_comparison_plot_is_byte_stable(tmp_path):
+    write_loss_csv(tmp_path / "a.csv", [0.5, 0.25, 0.2])
+    write_loss_csv(tmp_path / "b.csv", [0.4, 0.3, 0.1])
+    rows = combine_timestep_loss_csvs({"a": tmp_path / "a.csv", "b": tmp_path / "b.csv"})
+    plot_timestep_loss_comparison(rows, tmp_path / "one.png")
+    plot_timestep_loss_comparison(rows, tmp_path / "two.png")
+    assert (tmp_path / "one.png").read_bytes() == (tmp_path / "two.png").read_bytes()
+    with Image.open(tmp_path / "one.png") as image:
+        assert image.format == "PNG"

@@ -31,6 +31,18 @@ JSON_TYPES = {
 }
 
 
+def accepted(value, kind: str) -> bool:
+    """Of the right type, or a string that reads as one (nested --config values are strings)."""
+    if JSON_TYPES[kind](value):
+        return True
+    if isinstance(value, str) and kind != "string":
+        try:
+            return JSON_TYPES[kind](yaml.safe_load(value))
+        except yaml.YAMLError:
+            return False
+    return False
+
+
 def resolve(schema: dict) -> dict:
     if "$ref" in schema:
         return SCHEMA["definitions"][schema["$ref"].rsplit("/", 1)[1]]
@@ -85,8 +97,7 @@ def test_shipped_and_tiny_configs_are_valid():
 @given(data=st.data())
 def test_a_value_of_the_wrong_type_is_rejected_naming_its_key(data):
     path, schema = data.draw(st.sampled_from(LEAVES))
-    accepts = JSON_TYPES[schema["type"]]
-    value = data.draw(ANY_VALUE.filter(lambda v: not accepts(v)))
+    value = data.draw(ANY_VALUE.filter(lambda v: not accepted(v, schema["type"])))
     assert ".".join(path) in rejection(with_value(DEFAULT, path, value))
 
 
@@ -151,6 +162,18 @@ def test_every_valid_config_passes(data):
         if strategy is not None and data.draw(st.booleans()):
             config = with_value(config, path, data.draw(strategy))
     check_config(config, SCHEMA_PATH)
+
+
+def test_nested_command_line_values_are_read_as_yaml():
+    # snakemake --config train='{steps: 40000, lr: 2e-4}' hands these over as strings.
+    config = with_value(DEFAULT, ("train", "steps"), "40000")
+    config = with_value(config, ("train", "lr"), "2.0e-4")
+    config = with_value(config, ("diffusion", "clip_x0"), "false")
+    config = with_value(config, ("model", "channel_mults"), "[1, 2]")
+    check_config(config, SCHEMA_PATH)
+    assert config["train"]["steps"] == 40000 and config["train"]["lr"] == 2e-4
+    assert config["diffusion"]["clip_x0"] is False and config["model"]["channel_mults"] == [1, 2]
+    assert "train.steps" in rejection(with_value(DEFAULT, ("train", "steps"), "many"))
 
 
 def test_integral_floats_reach_the_code_as_ints():

@@ -11,7 +11,7 @@ from .errors import DiagnosticsError
 
 
 def check_config(config: dict, schema_path: str | os.PathLike) -> None:
-    """Validate ``config`` (as Snakemake's ``validate`` does, filling schema defaults).
+    """Validate ``config`` in place with Snakemake's ``validate`` (which fills schema defaults).
 
     A violation becomes a DiagnosticsError of one line that names the offending key, instead of
     jsonschema's multi-line dump of the schema.
@@ -19,6 +19,10 @@ def check_config(config: dict, schema_path: str | os.PathLike) -> None:
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
+    with open(schema_path) as handle:
+        schema = yaml.safe_load(handle)
+    for node, key, kind in _typed_values(config, schema):
+        node[key] = _from_command_line(node[key], kind)
     try:
         validate(config, schema=str(schema_path))
     except WorkflowError as error:
@@ -26,12 +30,33 @@ def check_config(config: dict, schema_path: str | os.PathLike) -> None:
         if not isinstance(cause, ValidationError):
             raise
         raise DiagnosticsError(describe(cause)) from None
-    with open(schema_path) as handle:
-        _integers_as_int(config, yaml.safe_load(handle))
+    # JSON Schema counts 1.0 as an integer; the code gets a real int for it (sizes, counts).
+    for node, key, kind in _typed_values(config, schema):
+        if kind == "integer" and isinstance(node[key], float):
+            node[key] = int(node[key])
 
 
-def _integers_as_int(node, schema: dict, definitions: dict | None = None) -> None:
-    """JSON Schema counts 1.0 as an integer; hand the code a real int for it (sizes, counts)."""
+def _from_command_line(value, kind):
+    """Snakemake's --config hands nested values over as strings (``train='{steps: 40000}'`` gives
+    ``'40000'``); read such a string as YAML when that gives the type the schema wants."""
+    if not isinstance(value, str) or kind not in ("integer", "number", "boolean", "array"):
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    wanted = {
+        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "boolean": lambda v: isinstance(v, bool),
+        "array": lambda v: isinstance(v, list),
+    }[kind]
+    return parsed if wanted(parsed) else value
+
+
+def _typed_values(node, schema: dict, definitions: dict | None = None):
+    """(container, key, schema type) of every non-object value in ``node`` that the schema types,
+    including array items."""
     definitions = schema.get("definitions", {}) if definitions is None else definitions
 
     def resolve(sub: dict) -> dict:
@@ -39,18 +64,20 @@ def _integers_as_int(node, schema: dict, definitions: dict | None = None) -> Non
 
     if not isinstance(node, dict):
         return
-    children = {key: resolve(sub) for key, sub in schema.get("properties", {}).items() if key in node}
+    properties = schema.get("properties", {})
+    children = {key: resolve(sub) for key, sub in properties.items() if key in node}
     if isinstance(schema.get("additionalProperties"), dict):
         extra = resolve(schema["additionalProperties"])
-        children.update({key: extra for key in node if key not in schema.get("properties", {})})
+        children.update({key: extra for key in node if key not in properties})
     for key, sub in children.items():
         kind = sub.get("type")
-        if kind == "integer" and isinstance(node[key], float):
-            node[key] = int(node[key])
-        elif kind == "array" and resolve(sub.get("items", {})).get("type") == "integer":
-            node[key] = [int(v) for v in node[key]]
-        elif kind == "object" or (isinstance(kind, list) and "object" in kind):
-            _integers_as_int(node[key], sub, definitions)
+        if kind == "object" or (isinstance(kind, list) and "object" in kind):
+            yield from _typed_values(node[key], sub, definitions)
+            continue
+        yield node, key, kind
+        if kind == "array" and isinstance(node[key], list):
+            item_kind = resolve(sub.get("items", {})).get("type")
+            yield from ((node[key], index, item_kind) for index in range(len(node[key])))
 
 
 def describe(error: ValidationError) -> str:

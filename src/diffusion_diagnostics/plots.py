@@ -20,7 +20,11 @@ def plot_timestep_loss(rows: list[dict], path: str | os.PathLike) -> None:
     errors = [0.0 if math.isnan(float(r["std_error"])) else float(r["std_error"]) for r in rows]
     figure, axes = plt.subplots(figsize=(max(6.0, 0.7 * len(rows)), 4.0), layout="constrained")
     axes.bar(range(len(rows)), means, yerr=errors, capsize=3, color="tab:blue")
-    axes.set_xticks(range(len(rows)), labels, rotation=45 if len(rows) > 10 else 0, ha="center")
+    # Labels like "100-199" overlap side by side beyond a handful of buckets: slant them.
+    slanted = len(rows) > 6
+    axes.set_xticks(
+        range(len(rows)), labels, rotation=35 if slanted else 0, ha="right" if slanted else "center"
+    )
     axes.set_title("Noise-prediction error vs timestep")
     axes.set_xlabel("timestep t")
     axes.set_ylabel("MSE (ε-prediction error)")

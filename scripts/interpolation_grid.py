@@ -14,6 +14,7 @@ def main(snakemake):
     settings = snakemake.params.settings
     device = resolve_device(snakemake.params.device)
     diffusion, _ = load_checkpoint(snakemake.input.model, device)
+    diffusion.clip_x0 = settings["clip_x0"]
     z0, z1 = load_endpoints(snakemake.input.endpoints)
     logging.info(
         "%s grid: %d rows x %d columns on %s", snakemake.params.sampler, len(z0), settings["steps"], device

@@ -168,11 +168,11 @@ def test_nested_command_line_values_are_read_as_yaml():
     # snakemake --config train='{steps: 40000, lr: 2e-4}' hands these over as strings.
     config = with_value(DEFAULT, ("train", "steps"), "40000")
     config = with_value(config, ("train", "lr"), "2.0e-4")
-    config = with_value(config, ("diffusion", "clip_x0"), "false")
+    config = with_value(config, ("interpolation", "clip_x0"), "false")
     config = with_value(config, ("model", "channel_mults"), "[1, 2]")
     check_config(config, SCHEMA_PATH)
     assert config["train"]["steps"] == 40000 and config["train"]["lr"] == 2e-4
-    assert config["diffusion"]["clip_x0"] is False and config["model"]["channel_mults"] == [1, 2]
+    assert config["interpolation"]["clip_x0"] is False and config["model"]["channel_mults"] == [1, 2]
     assert "train.steps" in rejection(with_value(DEFAULT, ("train", "steps"), "many"))
 
 

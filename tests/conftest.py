@@ -20,6 +20,17 @@ torch.set_num_threads(1)
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
 
 
+# Every output of a single-model run, as DESIGN.md lists them.
+OUTPUTS = [
+    "results/timestep_loss.csv",
+    "results/timestep_loss.png",
+    "results/noise/ddpm_endpoints.pt",
+    "results/noise/ddim_endpoints.pt",
+    "results/interp.png",
+    "results/interp_ddim.png",
+]
+
+
 def tiny_config() -> dict:
     return yaml.safe_load(TINY_CONFIG.read_text())
 

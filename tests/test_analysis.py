@@ -27,14 +27,6 @@ from diffusion_diagnostics import (
 T, BETA_START, BETA_END = 10, 1e-3, 0.2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def offset(t: torch.Tensor) -> torch.Tensor:
     """c(t): different for every timestep, so values inside a bucket differ."""
     return 0.1 * (t.double() + 1)
@@ -115,10 +107,12 @@ def test_bucket_values_are_means_over_samples():
     for size in sizes:
         batch_t = t[start : start + size]
         start += size
-        per_batch.append([
-            (offset(batch_t[(batch_t >= a) & (batch_t <= b)]) ** 2).mean().item()
-            for a, b in zip(stats.t_start.tolist(), stats.t_end.tolist(), strict=True)
-        ])
+        per_batch.append(
+            [
+                (offset(batch_t[(batch_t >= a) & (batch_t <= b)]) ** 2).mean().item()
+                for a, b in zip(stats.t_start.tolist(), stats.t_end.tolist(), strict=True)
+            ]
+        )
     mean_of_batch_means = torch.tensor(np.nanmean(np.array(per_batch), axis=0))
     assert not torch.allclose(mean_of_batch_means, mean, rtol=1e-3)
 

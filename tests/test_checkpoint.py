@@ -18,14 +18,6 @@ DIFFUSION_CONFIG = {"timesteps": 20, "beta_start": 1e-3, "beta_end": 0.2, "clip_
 TRAINING = {"best_step": 6, "best_val_loss": 0.25, "run_id": "0123abcd", "config": {"lr": 1e-3, "steps": 6}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_unet(seed: int = 0, **config) -> UNet:
     """Random weights everywhere, the zero-initialised output layer included."""
     with torch.random.fork_rng():
@@ -173,7 +165,9 @@ def test_weights_for_another_architecture(tmp_path):
 
     fewer_levels = tmp_path / "levels.pt"
     save_checkpoint(
-        fewer_levels, tiny_unet(channel_mults=(1, 2)), DIFFUSION_CONFIG,
+        fewer_levels,
+        tiny_unet(channel_mults=(1, 2)),
+        DIFFUSION_CONFIG,
         state_dict=tiny_unet(channel_mults=(1, 2, 2)).state_dict(),
     )
     assert_refused(fewer_levels, "another architecture", "unexpected")

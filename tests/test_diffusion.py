@@ -31,15 +31,6 @@ N_SAMPLES, SAMPLE_SHAPE = 4096, (1, 4, 4)  # 65,536 independent scalars per samp
 Z = 5.0  # tolerance in standard errors for every statistical check
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one intra-op thread is fastest and does not fight other processes for cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def reference_schedule(timesteps: int, beta_start: float, beta_end: float) -> dict[str, np.ndarray]:
     betas = np.linspace(beta_start, beta_end, timesteps, dtype=np.float64)
     alpha_bars = np.cumprod(1.0 - betas)
@@ -80,9 +71,7 @@ class GaussianOptimalEps(nn.Module):
 def gaussian_diffusion(timesteps=T_GAUSS, beta_start=BETA_START, beta_end=BETA_END) -> DiffusionProcess:
     ref = reference_schedule(timesteps, beta_start, beta_end)
     model = GaussianOptimalEps(MU, SD, ref["alpha_bars"])
-    return DiffusionProcess(
-        model, timesteps, beta_start, beta_end, clip_x0=False, sample_shape=SAMPLE_SHAPE
-    )
+    return DiffusionProcess(model, timesteps, beta_start, beta_end, clip_x0=False, sample_shape=SAMPLE_SHAPE)
 
 
 def exact_chain(model: GaussianOptimalEps, ref: dict, sampler: str, num_steps: int, eta: float):
@@ -100,8 +89,11 @@ def exact_chain(model: GaussianOptimalEps, ref: dict, sampler: str, num_steps: i
             ab, beta, abp = ab_all[t], betas[t], ref["alpha_bars_prev"][t]
             # x_{t-1} = (x_t - β_t / √(1-ᾱ_t) ε) / √α_t + σ_t z, σ_t² = β̃_t           (DDPM eq. 11)
             k = beta / math.sqrt(1 - ab)
-            compose((1 - k * ea) / math.sqrt(1 - beta), -k * eb / math.sqrt(1 - beta),
-                    (1 - abp) / (1 - ab) * beta if t > 0 else 0.0)
+            compose(
+                (1 - k * ea) / math.sqrt(1 - beta),
+                -k * eb / math.sqrt(1 - beta),
+                (1 - abp) / (1 - ab) * beta if t > 0 else 0.0,
+            )
         return a, b, v
     steps = reference_trailing(len(betas), num_steps)
     for i, t in enumerate(steps):
@@ -169,7 +161,10 @@ def test_schedule_matches_closed_form(timesteps, beta_start, beta_end):
     assert diffusion.posterior_variance[0].item() == 0.0
     assert (diffusion.posterior_variance[1:] > 0).all()
     assert diffusion.schedule_config() == {
-        "timesteps": timesteps, "beta_start": beta_start, "beta_end": beta_end, "clip_x0": True
+        "timesteps": timesteps,
+        "beta_start": beta_start,
+        "beta_end": beta_end,
+        "clip_x0": True,
     }
 
 

@@ -24,14 +24,6 @@ T = 10
 PAD = 2  # torchvision make_grid's default padding, which save_image uses
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_unet(seed: int = 0) -> UNet:
     """Random weights everywhere; the zero-initialised output layer is re-drawn so the network is
     not the constant zero predictor (which would make every decode trivially the same)."""
@@ -135,8 +127,14 @@ def test_interpolation_grid_shapes_and_range(diffusion):
     z0, z1 = endpoints(2, (1, 28, 28))
     for sampler in ("ddpm", "ddim"):
         images = interpolation_grid(
-            diffusion, z0, z1, steps=3, sampler=sampler, ddim_steps=5,
-            generator=torch.Generator().manual_seed(0), progress=False,
+            diffusion,
+            z0,
+            z1,
+            steps=3,
+            sampler=sampler,
+            ddim_steps=5,
+            generator=torch.Generator().manual_seed(0),
+            progress=False,
         )
         assert images.shape == (6, 1, 28, 28)
         assert images.abs().max() <= 1.0  # clip_x0: the last step returns the clipped x̂_0
@@ -254,23 +252,48 @@ def test_original_functions_are_exported_with_their_defaults():
     package = diffusion_diagnostics
     assert defaults(package.per_timestep_loss) == {"num_batches": 10, "buckets": 10, "device": None}
     assert defaults(package.interpolate_noise_and_generate) == {
-        "n": 8, "steps": 7, "save_path": "interp.png", "device": None,
-        "interpolation": "lerp", "batch_size": 72, "generator": None,
+        "n": 8,
+        "steps": 7,
+        "save_path": "interp.png",
+        "device": None,
+        "interpolation": "lerp",
+        "batch_size": 72,
+        "generator": None,
     }
     assert defaults(package.interpolate_noise_and_generate_ddim) == {
-        "n": 8, "steps": 7, "ddim_steps": 50, "eta": 0.0, "save_path": "interp_ddim.png", "device": None,
-        "interpolation": "lerp", "batch_size": 72, "generator": None,
+        "n": 8,
+        "steps": 7,
+        "ddim_steps": 50,
+        "eta": 0.0,
+        "save_path": "interp_ddim.png",
+        "device": None,
+        "interpolation": "lerp",
+        "batch_size": 72,
+        "generator": None,
     }
     assert defaults(package.sample_from_xt) == {"device": None, "generator": None}
     assert defaults(package.ddim_sample_from_xt) == {
-        "ddim_steps": 50, "eta": 0.0, "device": None, "generator": None
+        "ddim_steps": 50,
+        "eta": 0.0,
+        "device": None,
+        "generator": None,
     }
     # The original positional order.
     assert list(inspect.signature(package.interpolate_noise_and_generate).parameters)[:5] == [
-        "diffusion", "n", "steps", "save_path", "device"
+        "diffusion",
+        "n",
+        "steps",
+        "save_path",
+        "device",
     ]
     assert list(inspect.signature(package.interpolate_noise_and_generate_ddim).parameters)[:7] == [
-        "diffusion", "n", "steps", "ddim_steps", "eta", "save_path", "device"
+        "diffusion",
+        "n",
+        "steps",
+        "ddim_steps",
+        "eta",
+        "save_path",
+        "device",
     ]
 
 

@@ -9,17 +9,9 @@ import time
 
 import yaml
 
-from conftest import REPO, SNAKEMAKE, run_snakemake, tiny_config
+from conftest import OUTPUTS, REPO, SNAKEMAKE, run_snakemake, tiny_config
 
-COMPARED = [
-    "results/timestep_loss.csv",
-    "results/timestep_loss.png",
-    "results/noise/ddpm_endpoints.pt",
-    "results/noise/ddim_endpoints.pt",
-    "results/interp.png",
-    "results/interp_ddim.png",
-    "results/train/best_model.pt",
-]
+COMPARED = [*OUTPUTS, "results/train/best_model.pt"]
 
 
 def test_two_runs_from_scratch_give_byte_identical_outputs(tiny_run, tmp_path):

@@ -13,16 +13,8 @@ from PIL import Image
 from diffusion_diagnostics.checkpoint import load_checkpoint, save_checkpoint
 from diffusion_diagnostics.unet import UNet
 
-from conftest import run_snakemake, tiny_config
+from conftest import OUTPUTS, run_snakemake, tiny_config
 
-OUTPUTS = [
-    "results/timestep_loss.csv",
-    "results/timestep_loss.png",
-    "results/noise/ddpm_endpoints.pt",
-    "results/noise/ddim_endpoints.pt",
-    "results/interp.png",
-    "results/interp_ddim.png",
-]
 MODEL_RULES = ["train", "timestep_loss", "interpolation_grid_ddpm", "interpolation_grid_ddim"]
 
 

@@ -32,11 +32,16 @@ CONDA_ENV = "../../environment.yml"
 # logs/<model>/) through the {model} wildcard; with one model (no `models`, the default) the paths
 # are the plain ones, results/timestep_loss.csv and so on. Rules write their per-model paths as
 # f"results/{PER_MODEL}name", which is one of the two.
-MODELS = config.get("models") or {}
+MODELS = {name: entry or {} for name, entry in (config.get("models") or {}).items()}
 SWEEP = bool(MODELS)
 PER_MODEL = "{model}/" if SWEEP else ""
 # A sweep's models, one subcategory each in `snakemake --report`.
 REPORT_SUBCATEGORY = "{model}" if SWEEP else None
+
+for given in [config["checkpoint"], *(m.get("checkpoint") for m in MODELS.values())]:
+    # A folder would silently count as "no checkpoint" and trigger a training.
+    if given and Path(given).exists() and not Path(given).is_file():
+        sys.exit(f"config error at checkpoint: {given} is a folder, not a model file")
 
 
 wildcard_constraints:

@@ -1,6 +1,7 @@
-# Two commands do all the set-up on a fresh machine:
+# Each of these does all the set-up it needs on a fresh machine:
 #   make run    create .venv if missing, install the package, run the whole workflow
 #   make test   the same with the test extras, then the test suite (what CI runs)
+#   make bench  the speed benchmark of BENCHMARKS.md (installs the bench extra: diffusers)
 # Inside an activated environment the plain snakemake commands of the README work as well.
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV ?= .venv
 CORES ?= all
 BIN := $(VENV)/bin
 
-.PHONY: run test lint clean
+.PHONY: run test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test,slurm]"
 	touch $@ $(VENV)/.installed-run
 
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	touch $@ $(VENV)/.installed-run
+
 run: $(VENV)/.installed-run
 	$(BIN)/snakemake --cores $(CORES) --resources gpu=1
 
@@ -33,6 +38,9 @@ lint: $(VENV)/.installed-test
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check .
 	$(BIN)/ruff check .
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/benchmark.py
 
 clean:
 	rm -rf results logs .snakemake

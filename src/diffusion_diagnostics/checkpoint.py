@@ -36,12 +36,14 @@ def save_checkpoint(
 
     ``state_dict`` defaults to the model's own; training passes its EMA weights here.
     """
+    # In the default layout, whatever layout the network computes in (unet.py: channels-last).
+    weights = {k: v.detach().cpu().contiguous() for k, v in (state_dict or model.state_dict()).items()}
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "model_config": dict(model.config),
         "diffusion_config": dict(diffusion_config),
-        "state_dict": {k: v.detach().cpu() for k, v in (state_dict or model.state_dict()).items()},
+        "state_dict": weights,
         "training": dict(training or {}),
     }
     save_torch(payload, path)

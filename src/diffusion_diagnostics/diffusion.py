@@ -13,8 +13,14 @@ from .errors import DiagnosticsError
 from .runtime import progress_bar
 
 
-def extract(coefficients: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
-    """Pick one schedule value per batch element and shape it to broadcast over an image batch."""
+def extract(coefficients: torch.Tensor, t: torch.Tensor | int, ndim: int) -> torch.Tensor:
+    """Pick one schedule value per batch element and shape it to broadcast over an image batch.
+
+    With an int ``t`` (every element at the same timestep, as in sampling) this is a 0-d view of
+    the schedule: no gather, no allocation, the same values.
+    """
+    if isinstance(t, int):
+        return coefficients[t]
     return coefficients.gather(0, t).reshape(-1, *([1] * (ndim - 1)))
 
 
@@ -95,6 +101,8 @@ class DiffusionProcess(nn.Module):
         }
         for name, values in schedule.items():
             self.register_buffer(name, values.float(), persistent=False)
+        # σ_t = √β̃_t, the DDPM step's noise scale, from the float32 variance as the step used it.
+        self.register_buffer("posterior_std", self.posterior_variance.sqrt(), persistent=False)
         # Views of this give per-step timestep tensors without allocating one per step.
         self.register_buffer("timestep_ids", torch.arange(timesteps), persistent=False)
 
@@ -137,7 +145,7 @@ class DiffusionProcess(nn.Module):
         )
         return x_t, noise
 
-    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor) -> torch.Tensor:
         """x̂_0 = (x_t - √(1 - ᾱ_t) ε) / √ᾱ_t, the inverse of eq. 4 given ε."""
         return (x_t - extract(self.sqrt_one_minus_alpha_bars, t, x_t.ndim) * eps) / extract(
             self.sqrt_alpha_bars, t, x_t.ndim
@@ -149,7 +157,7 @@ class DiffusionProcess(nn.Module):
     # --- DDPM ------------------------------------------------------------------------------
 
     def posterior_mean_variance(
-        self, x_t: torch.Tensor, t: torch.Tensor, x_0: torch.Tensor
+        self, x_t: torch.Tensor, t: torch.Tensor | int, x_0: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of q(x_{t-1} | x_t, x_0).                              (DDPM eq. 6-7)"""
         mean = (
@@ -170,14 +178,14 @@ class DiffusionProcess(nn.Module):
         Without clipping, μ̃(x_t, x̂_0(ε)) equals DDPM eq. 11; with clipping x̂_0 is first held to
         the data range, as in the DDPM reference code.
         """
-        t_batch = self.timestep_ids[t].expand(x_t.shape[0])
-        eps = self._model_eps(x_t, t_batch, watch)
-        x0 = self._maybe_clip(self.predict_x0(x_t, t_batch, eps))
-        mean, variance = self.posterior_mean_variance(x_t, t_batch, x0)
+        eps = self._model_eps(x_t, self.timestep_ids[t].expand(x_t.shape[0]), watch)
+        # An int t: the schedule values are 0-d views, nothing is gathered or synced per step.
+        x0 = self._maybe_clip(self.predict_x0(x_t, t, eps))
+        mean, _ = self.posterior_mean_variance(x_t, t, x0)
         if t == 0:
             return mean  # β̃_0 = 0: the last step adds no noise
         noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-        return mean + variance.sqrt() * noise
+        return mean + self.posterior_std[t] * noise
 
     @torch.inference_mode()
     def sample(
@@ -197,6 +205,34 @@ class DiffusionProcess(nn.Module):
 
     # --- DDIM ------------------------------------------------------------------------------
 
+    @staticmethod
+    def ddim_coefficients(
+        alpha_bar_t: torch.Tensor, alpha_bar_prev: torch.Tensor, eta: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """√ᾱ_prev, √(1 - ᾱ_prev - σ²) and σ of DDIM eq. 12, elementwise: for one step or a whole run."""
+        # σ_t(η) = η √((1 - ᾱ_prev) / (1 - ᾱ_t)) √(1 - ᾱ_t / ᾱ_prev)                  (DDIM eq. 16)
+        sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)).sqrt()
+        return alpha_bar_prev.sqrt(), (1 - alpha_bar_prev - sigma**2).clamp(min=0).sqrt(), sigma
+
+    def _ddim_update(
+        self,
+        x_t: torch.Tensor,
+        t: int,
+        coefficients: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        eta: float,
+        generator: torch.Generator | None,
+        watch: NonFiniteWatch | None,
+    ) -> torch.Tensor:
+        sqrt_alpha_bar_prev, direction_scale, sigma = coefficients
+        eps = self._model_eps(x_t, self.timestep_ids[t].expand(x_t.shape[0]), watch)
+        x0 = self._maybe_clip(self.predict_x0(x_t, t, eps))
+        # x_prev = √ᾱ_prev x̂_0 + √(1 - ᾱ_prev - σ²) ε + σ z                             (DDIM eq. 12)
+        x_prev = sqrt_alpha_bar_prev * x0 + direction_scale * eps
+        if eta > 0:
+            noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+            x_prev = x_prev + sigma * noise
+        return x_prev
+
     def ddim_step(
         self,
         x_t: torch.Tensor,
@@ -207,18 +243,8 @@ class DiffusionProcess(nn.Module):
         watch: NonFiniteWatch | None = None,
     ) -> torch.Tensor:
         """One generalised step x_t -> x_{t_prev} with σ controlled by η.              (DDIM eq. 12)"""
-        t_batch = self.timestep_ids[t].expand(x_t.shape[0])
-        alpha_bar_t = self.alpha_bars[t]
-        eps = self._model_eps(x_t, t_batch, watch)
-        x0 = self._maybe_clip(self.predict_x0(x_t, t_batch, eps))
-        # σ_t(η) = η √((1 - ᾱ_prev) / (1 - ᾱ_t)) √(1 - ᾱ_t / ᾱ_prev)                  (DDIM eq. 16)
-        sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)).sqrt()
-        direction = (1 - alpha_bar_prev - sigma**2).clamp(min=0).sqrt() * eps
-        x_prev = alpha_bar_prev.sqrt() * x0 + direction
-        if eta > 0:
-            noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-            x_prev = x_prev + sigma * noise
-        return x_prev
+        coefficients = self.ddim_coefficients(self.alpha_bars[t], alpha_bar_prev, eta)
+        return self._ddim_update(x_t, t, coefficients, eta, generator, watch)
 
     @torch.inference_mode()
     def sample_ddim(
@@ -237,11 +263,14 @@ class DiffusionProcess(nn.Module):
         """
         x = x_T.to(self.device)
         steps = trailing_timesteps(self.timesteps, num_steps)
-        one = torch.ones((), device=self.device)
+        # Every step's coefficients at once, before the loop; the loop only takes views of them.
+        alpha_bar_t = self.alpha_bars[steps]
+        alpha_bar_prev = torch.cat([alpha_bar_t[1:], torch.ones(1, device=self.device)])
+        coefficients = self.ddim_coefficients(alpha_bar_t, alpha_bar_prev, eta)
         watch = NonFiniteWatch(x.device)
         for i, t in enumerate(progress_bar(steps, desc=desc, disable=not progress)):
-            alpha_bar_prev = self.alpha_bars[steps[i + 1]] if i + 1 < len(steps) else one
-            x = self.ddim_step(x, t, alpha_bar_prev, eta, generator, watch)
+            step_coefficients = (coefficients[0][i], coefficients[1][i], coefficients[2][i])
+            x = self._ddim_update(x, t, step_coefficients, eta, generator, watch)
         watch.raise_if_bad("DDIM sampling")
         return x
 

@@ -1,4 +1,10 @@
-"""A small ε-prediction UNet for 28 × 28 images: sinusoidal time embedding, residual blocks."""
+"""A small ε-prediction UNet for 28 × 28 images: sinusoidal time embedding, residual blocks.
+
+The network runs in channels-last memory format (weights and activations): oneDNN's
+convolutions are fastest there (see BENCHMARKS.md). Only the layout in memory changes: the
+state_dict has the same names, shapes and values, checkpoint.save_checkpoint writes it in the
+default layout, and the output comes back in the default layout.
+"""
 
 from __future__ import annotations
 
@@ -35,10 +41,16 @@ class ResidualBlock(nn.Module):
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.time_proj(time)[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return h + self.skip(x)
+        # In place where autograd allows it: fewer passes over memory, which at these channel
+        # counts costs as much as the arithmetic. A convolution's backward does not need its
+        # output, so adding into it is always safe; SiLU's backward needs its input, so SiLU
+        # overwrites it only when no graph is being recorded.
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h += self.time_proj(time)[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
+        h += self.skip(x)
+        return h
 
 
 class UNet(nn.Module):
@@ -108,10 +120,12 @@ class UNet(nn.Module):
         # Start as the zero predictor, a stable point for the ε-MSE loss.
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         time = self.time_mlp(timestep_embedding(t, self.base_channels))
-        h = self.conv_in(x)
+        # One input channel: both layouts are the same there; make sure h is channels-last.
+        h = self.conv_in(x).contiguous(memory_format=torch.channels_last)
         skips = [h]
         for layer in self.down:
             h = layer(h, time) if isinstance(layer, ResidualBlock) else layer(h)
@@ -123,4 +137,5 @@ class UNet(nn.Module):
                 h = layer(torch.cat([h, skips.pop()], dim=1), time)
             else:
                 h = layer(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        h = F.silu(self.norm_out(h), inplace=not torch.is_grad_enabled())
+        return self.conv_out(h).contiguous()

@@ -10,13 +10,16 @@ from collections.abc import Callable
 import torch
 
 from .errors import DiagnosticsError
+from .runtime import keep_freed_memory
 
 
 def run_rule(main: Callable[[object], None], snakemake) -> None:
     """Run ``main(snakemake)`` with stderr and logging sent to the rule's log file.
 
-    torch gets exactly the rule's threads. A DiagnosticsError becomes one ``error:`` line in the
-    log and on the terminal and a non-zero exit; anything else is a bug and keeps its traceback.
+    torch gets exactly the rule's threads, and freed memory is kept for reuse (see
+    :func:`~diffusion_diagnostics.runtime.keep_freed_memory`). A DiagnosticsError becomes one
+    ``error:`` line in the log and on the terminal and a non-zero exit; anything else is a bug and
+    keeps its traceback.
     """
     with open(snakemake.log[0], "w") as log_file:
         sys.stderr = log_file
@@ -27,6 +30,7 @@ def run_rule(main: Callable[[object], None], snakemake) -> None:
             force=True,
         )
         torch.set_num_threads(max(1, int(snakemake.threads)))
+        keep_freed_memory()
         try:
             main(snakemake)
         except DiagnosticsError as error:

@@ -1,0 +1,87 @@
+"""benchmarks/benchmark.py runs end to end (tiny sizes) and writes the JSON that BENCHMARKS.md describes.
+
+No timing is asserted: this only checks that the command works. diffusers is optional (the `bench`
+extra); without it the reference row is marked skipped and everything else still runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+SAMPLERS = {"ddpm", "ddim_10", "ddim_5", "ddim_2"}
+
+
+def test_quick_benchmark_writes_its_json(tmp_path):
+    out = tmp_path / "results.json"
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks/benchmark.py"),
+        "--quick",
+        "--reps",
+        "1",
+        "--threads",
+        "1",
+    ]
+    result = subprocess.run(
+        [*command, "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| DDPM grid |" in result.stdout
+
+    report = json.loads(out.read_text())
+    assert report["mode"] == "quick"
+    assert {"cpu", "cores", "torch", "device", "torch_threads"} <= set(report["machine"])
+    assert set(report["samplers"]) == SAMPLERS
+    for row in report["samplers"].values():
+        assert {
+            "forwards",
+            "seconds",
+            "floor_seconds",
+            "ratio_to_floor",
+            "network_gflops_while_sampling",
+        } <= set(row)
+        assert row["seconds"] > 0 and row["floor_seconds"] > 0
+    assert report["network"]["flops_per_forward"] > 0
+    assert report["conv_peak"]["gflops_channels_last"] > 0
+    assert set(report["ddim_accuracy"]) == {"5", "2"}
+    assert {"rmse", "max_abs"} <= set(report["ddim_accuracy"]["2"])
+    assert {"images_per_second", "floor_images_per_second", "ratio_to_floor"} <= set(report["timestep_loss"])
+    assert {"images_per_second", "floor_images_per_second", "ratio_to_floor"} <= set(report["training"])
+    assert all({"target", "value", "met"} <= set(target) for target in report["targets"])
+
+    diffusers = report["diffusers"]
+    if importlib.util.find_spec("diffusers") is None:
+        assert diffusers["status"] == "skipped" and "not installed" in diffusers["reason"]
+    else:
+        assert diffusers["status"] == "ok"
+        assert 0.8 <= diffusers["flops_ratio_to_ours"] <= 1.2
+        assert diffusers["ddpm_seconds"] > 0
+
+
+def test_the_diffusers_reference_can_be_skipped(tmp_path):
+    out = tmp_path / "results.json"
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks/benchmark.py"),
+        "--quick",
+        "--reps",
+        "1",
+        "--threads",
+        "1",
+    ]
+    result = subprocess.run(
+        [*command, "--no-diffusers", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    assert report["diffusers"] == {"status": "skipped", "reason": "--no-diffusers"}
+    assert "skipped" in result.stdout

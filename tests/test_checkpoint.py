@@ -12,7 +12,7 @@ from torch import nn
 
 from diffusion_diagnostics import DiagnosticsError, DiffusionProcess, UNet, load_checkpoint, save_checkpoint
 from diffusion_diagnostics.checkpoint import FORMAT, VERSION
-from diffusion_diagnostics.runtime import resolve_device
+from diffusion_diagnostics.runtime import keep_freed_memory, resolve_device
 
 DIFFUSION_CONFIG = {"timesteps": 20, "beta_start": 1e-3, "beta_end": 0.2, "clip_x0": False}
 TRAINING = {"best_step": 6, "best_val_loss": 0.25, "run_id": "0123abcd", "config": {"lr": 1e-3, "steps": 6}}
@@ -87,6 +87,18 @@ def test_an_explicit_state_dict_is_what_gets_saved(tmp_path):
         assert torch.equal(diffusion.model.state_dict()[name], tensor), name
     assert not torch.equal(diffusion.model.conv_out.weight, live.conv_out.weight)
     assert training == {}
+
+
+def test_weights_are_saved_in_the_default_layout(tmp_path):
+    """The network computes in channels-last; the file does not depend on that."""
+    model = tiny_unet()
+    assert model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    save_checkpoint(tmp_path / "model.pt", model, DIFFUSION_CONFIG)
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert all(tensor.is_contiguous() for tensor in payload["state_dict"].values())
+    loaded, _ = load_checkpoint(tmp_path / "model.pt")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name
 
 
 def test_the_file_holds_only_plain_data(checkpoint):
@@ -244,3 +256,7 @@ def test_auto_and_cpu_devices():
 def test_unknown_device_names(spec):
     with pytest.raises(DiagnosticsError, match="not a device name"):
         resolve_device(spec)
+
+
+def test_keep_freed_memory_says_whether_it_took_effect():
+    assert isinstance(keep_freed_memory(), bool)

@@ -373,6 +373,34 @@ def test_ddim_eta0_is_deterministic_with_tiny_unet():
     assert not torch.allclose(noisy[0], noisy[1])
 
 
+@pytest.mark.parametrize("eta", [0.0, 0.6])
+def test_sample_ddim_is_its_public_steps_one_after_another(eta):
+    """The loop's coefficients, computed once for all steps, are those ddim_step computes per step."""
+    diffusion = DiffusionProcess(tiny_unet(), timesteps=20, beta_start=1e-3, beta_end=0.2)
+    x_T = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    sampled = diffusion.sample_ddim(x_T, 7, eta, generator=torch.Generator().manual_seed(1))
+
+    steps, x, generator = trailing_timesteps(20, 7), x_T, torch.Generator().manual_seed(1)
+    with torch.inference_mode():
+        for i, t in enumerate(steps):
+            alpha_bar_prev = diffusion.alpha_bars[steps[i + 1]] if i + 1 < len(steps) else torch.ones(())
+            x = diffusion.ddim_step(x, t, alpha_bar_prev, eta, generator)
+    assert torch.equal(sampled, x)
+
+
+def test_unet_output_does_not_depend_on_autograd_or_layout():
+    """In-place activations without autograd, out-of-place with it: the same numbers; and the
+    channels-last network hands back an ordinary contiguous tensor."""
+    model = tiny_unet()
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 5, 10, 19])
+    with_grad = model(x, t)
+    with torch.inference_mode():
+        without = model(x, t)
+    assert with_grad.requires_grad and without.is_contiguous()
+    assert torch.equal(with_grad.detach(), without)
+
+
 @pytest.mark.parametrize("num_steps", [T_GAUSS, 250])
 def test_ddim_inversion_round_trip(num_steps):
     diffusion = gaussian_diffusion()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,31 @@ OUTPUTS = [
     "results/interp.png",
     "results/interp_ddim.png",
 ]
+
+
+def tiny_unet(seed: int = 0):
+    """A tiny UNet with random weights everywhere: the zero-initialised output layer is re-drawn,
+    otherwise the network would be the constant zero predictor."""
+    from torch import nn
+
+    from diffusion_diagnostics.unet import UNet
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = UNet(base_channels=8, channel_mults=(1, 2))
+        nn.init.normal_(model.conv_out.weight, std=0.05)
+        nn.init.normal_(model.conv_out.bias, std=0.05)
+    return model.eval()
+
+
+def planned_jobs(dry_run_output: str) -> dict[str, int]:
+    """Rule -> count from the job-stats table of ``snakemake -n``."""
+    table = dry_run_output.split("Job stats:", 1)[1]
+    return {
+        rule: int(count)
+        for rule, count in re.findall(r"^(\w+)\s+(\d+)\s*$", table, flags=re.MULTILINE)
+        if rule != "total"
+    }
 
 
 def tiny_config() -> dict:

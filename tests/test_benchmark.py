@@ -13,22 +13,14 @@ import sys
 
 from conftest import REPO
 
+QUICK = [sys.executable, str(REPO / "benchmarks/benchmark.py"), "--quick", "--reps", "1", "--threads", "1"]
 SAMPLERS = {"ddpm", "ddim_10", "ddim_5", "ddim_2"}
 
 
 def test_quick_benchmark_writes_its_json(tmp_path):
     out = tmp_path / "results.json"
-    command = [
-        sys.executable,
-        str(REPO / "benchmarks/benchmark.py"),
-        "--quick",
-        "--reps",
-        "1",
-        "--threads",
-        "1",
-    ]
     result = subprocess.run(
-        [*command, "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+        [*QUICK, "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "| DDPM grid |" in result.stdout
@@ -65,17 +57,8 @@ def test_quick_benchmark_writes_its_json(tmp_path):
 
 def test_the_diffusers_reference_can_be_skipped(tmp_path):
     out = tmp_path / "results.json"
-    command = [
-        sys.executable,
-        str(REPO / "benchmarks/benchmark.py"),
-        "--quick",
-        "--reps",
-        "1",
-        "--threads",
-        "1",
-    ]
     result = subprocess.run(
-        [*command, "--no-diffusers", "--out", str(out)],
+        [*QUICK, "--no-diffusers", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,

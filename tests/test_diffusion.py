@@ -20,9 +20,11 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion_diagnostics import DiagnosticsError, DiffusionProcess, UNet
+from diffusion_diagnostics import DiagnosticsError, DiffusionProcess
 from diffusion_diagnostics.diffusion import trailing_timesteps
 from diffusion_diagnostics.runtime import model_device
+
+from conftest import tiny_unet
 
 MU, SD = 0.3, 0.5
 # The workflow's default schedule: with it ᾱ_T ≈ 4e-5, so x_T ~ N(0, I) really is the prior.
@@ -128,17 +130,6 @@ def assert_moments(x: torch.Tensor, mean: float, var: float, mean_slack: float =
     var_tol = Z * var * math.sqrt(2 / (n - 1)) + var_slack
     assert abs(x.mean().item() - mean) < mean_tol, (x.mean().item(), mean, mean_tol)
     assert abs(x.var().item() - var) < var_tol, (x.var().item(), var, var_tol)
-
-
-def tiny_unet(seed: int = 0) -> UNet:
-    """A tiny UNet with random weights everywhere (the output layer is zero-initialised, so it is
-    re-drawn here: otherwise the network would be the constant zero predictor)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = UNet(base_channels=8, channel_mults=(1, 2))
-        nn.init.normal_(model.conv_out.weight, std=0.05)
-        nn.init.normal_(model.conv_out.bias, std=0.05)
-    return model.eval()
 
 
 # --- schedule ------------------------------------------------------------------------------------

@@ -8,31 +8,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 import diffusion_diagnostics
 from diffusion_diagnostics import (
     DiagnosticsError,
     DiffusionProcess,
-    UNet,
     interpolate,
     interpolation_grid,
     save_grid,
 )
 
+from conftest import tiny_unet
+
 T = 10
 PAD = 2  # torchvision make_grid's default padding, which save_image uses
-
-
-def tiny_unet(seed: int = 0) -> UNet:
-    """Random weights everywhere; the zero-initialised output layer is re-drawn so the network is
-    not the constant zero predictor (which would make every decode trivially the same)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = UNet(base_channels=8, channel_mults=(1, 2))
-        nn.init.normal_(model.conv_out.weight, std=0.05)
-        nn.init.normal_(model.conv_out.bias, std=0.05)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

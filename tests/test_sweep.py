@@ -21,7 +21,7 @@ from diffusion_diagnostics.errors import DiagnosticsError
 from diffusion_diagnostics.plots import plot_timestep_loss_comparison
 from diffusion_diagnostics.unet import UNet
 
-from conftest import run_snakemake, tiny_config
+from conftest import planned_jobs, run_snakemake, tiny_config
 
 MODELS = ("given", "small")
 PER_MODEL_OUTPUTS = ["timestep_loss.csv", "timestep_loss.png", "interp.png", "interp_ddim.png"]
@@ -45,16 +45,6 @@ def sweep_config(workdir) -> dict:
 def read_csv(path) -> list[dict]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-def planned_jobs(dry_run_output: str) -> dict[str, int]:
-    """Rule -> count from the job-stats table of ``snakemake -n``."""
-    table = dry_run_output.split("Job stats:", 1)[1]
-    return {
-        rule: int(count)
-        for rule, count in re.findall(r"^(\w+)\s+(\d+)\s*$", table, flags=re.MULTILINE)
-        if rule != "total"
-    }
 
 
 @dataclass

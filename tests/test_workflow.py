@@ -13,19 +13,9 @@ from PIL import Image
 from diffusion_diagnostics.checkpoint import load_checkpoint, save_checkpoint
 from diffusion_diagnostics.unet import UNet
 
-from conftest import OUTPUTS, run_snakemake, tiny_config
+from conftest import OUTPUTS, planned_jobs, run_snakemake, tiny_config
 
 MODEL_RULES = ["train", "timestep_loss", "interpolation_grid_ddpm", "interpolation_grid_ddim"]
-
-
-def planned_jobs(dry_run_output: str) -> dict[str, int]:
-    """Rule -> count from the job-stats table of ``snakemake -n``."""
-    table = dry_run_output.split("Job stats:", 1)[1]
-    return {
-        rule: int(count)
-        for rule, count in re.findall(r"^(\w+)\s+(\d+)\s*$", table, flags=re.MULTILINE)
-        if rule != "total"
-    }
 
 
 def test_full_run_produces_every_output(tiny_run):

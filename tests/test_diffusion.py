@@ -409,3 +409,32 @@ def test_ddim_inversion_round_trip(num_steps):
     relative_rmse = ((reconstruction - x0).pow(2).mean() / x0.pow(2).mean()).sqrt().item()
     # Exact arithmetic gives 0.0027 (S = 1000) and 0.0108 (S = 250): the DDIM ODE discretisation.
     assert relative_rmse < (1e-2 if num_steps == T_GAUSS else 2e-2)
+
+
+def test_shared_noise_gives_a_group_one_noise_path():
+    """Common random numbers: with the same per-step noise the affine sampler's outputs differ by
+    exactly a·(x_T,i - x_T,j); with independent noise by that plus noise of variance 2v."""
+    diffusion = gaussian_diffusion(200, 1e-4, 0.05)
+    ref = reference_schedule(200, 1e-4, 0.05)
+    a, _, v = exact_chain(diffusion.model, ref, "ddpm", 200, 1.0)
+    assert v > 0.01, "the sampler must add enough noise for the comparison to mean something"
+    x_T = torch.randn(6, *SAMPLE_SHAPE, generator=torch.Generator().manual_seed(0))
+
+    shared = diffusion.sample(x_T, generator=torch.Generator().manual_seed(1), shared_noise=3).double()
+    for group in (slice(0, 3), slice(3, 6)):
+        out, start = shared[group], x_T[group].double()
+        torch.testing.assert_close(out - out[0], a * (start - start[0]), rtol=0, atol=1e-4)
+    independent = diffusion.sample(x_T, generator=torch.Generator().manual_seed(1)).double()
+    gap = (independent[1] - independent[0]) - a * (x_T[1] - x_T[0]).double()
+    assert gap.abs().max() > 0.05
+
+    # One image per group is the plain sampler, draw for draw.
+    single = diffusion.sample(x_T, generator=torch.Generator().manual_seed(1), shared_noise=1)
+    torch.testing.assert_close(single.double(), independent, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shared", [0, 4])
+def test_shared_noise_must_divide_the_batch(shared):
+    diffusion = gaussian_diffusion(20, 1e-3, 0.2)
+    with pytest.raises(DiagnosticsError, match="shared_noise"):
+        diffusion.sample(torch.zeros(6, *SAMPLE_SHAPE), shared_noise=shared)

@@ -17,6 +17,7 @@ from diffusion_diagnostics import (
     interpolation_grid,
     save_grid,
 )
+from diffusion_diagnostics.interpolation import interpolate_real, select_pairs
 
 from conftest import tiny_unet
 
@@ -333,3 +334,69 @@ def test_per_timestep_loss_runs_on_the_tiny_unet(diffusion):
     data = [torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(i)) * 2 - 1 for i in range(3)]
     loss = diffusion_diagnostics.per_timestep_loss(diffusion, data, num_batches=3, buckets=4)
     assert loss.shape == (4,) and torch.isfinite(loss).all() and (loss > 0).all()
+
+
+# --- shared per-step noise, real digits ------------------------------------------------------------
+
+
+def test_shared_noise_grid_rows_differ_only_through_their_start(diffusion):
+    """Equal endpoints make every frame of a row start from the same noise: with shared per-step
+    noise the row is one image repeated; with independent noise the frames differ."""
+    z0, _ = endpoints(2, (1, 28, 28))
+
+    def grid(shared, batch_size):
+        return interpolation_grid(
+            diffusion,
+            z0,
+            z0.clone(),
+            3,
+            "ddpm",
+            batch_size=batch_size,
+            progress=False,
+            generator=torch.Generator().manual_seed(1),
+            shared_noise=shared,
+        ).reshape(2, 3, 1, 28, 28)
+
+    # A batch of 4 is rounded down to whole rows (3), so rows never straddle two batches.
+    shared = grid(True, 4)
+    assert torch.equal(shared[:, 1:], shared[:, :1].expand(-1, 2, -1, -1, -1))
+    assert not torch.equal(shared[0, 0], shared[1, 0])
+    independent = grid(False, 4)
+    assert (independent[:, 1] - independent[:, 0]).abs().max() > 1e-3
+
+
+def test_select_pairs_by_class_takes_a_new_image_for_each_use():
+    labels = torch.tensor([3, 1, 3, 0, 1, 3])
+    assert select_pairs(labels, [[3, 1], [3, 3]], "classes") == ([0, 2], [1, 5])
+    assert select_pairs(labels, [[5, 0], [1, 2]], "indices") == ([5, 1], [0, 2])
+
+
+@pytest.mark.parametrize(
+    ("pairs", "select", "match"),
+    [
+        ([[0, 0]], "classes", "only 1 images of class 0"),
+        ([[7, 1]], "classes", "only 0 images of class 7"),
+        ([[0, 6]], "indices", "index 6 is outside the held-out split"),
+        ([[0, 1]], "labels", "pair selection 'labels' is unknown"),
+    ],
+)
+def test_select_pairs_rejects_what_the_split_cannot_give(pairs, select, match):
+    with pytest.raises(DiagnosticsError, match=match):
+        select_pairs(torch.tensor([3, 1, 3, 0, 1, 3]), pairs, select)
+
+
+def test_interpolate_real_rows_start_and_end_with_the_real_digits():
+    diffusion = DiffusionProcess(tiny_unet(), timesteps=T, beta_start=1e-3, beta_end=0.2)
+    x_a, x_b = endpoints(2, (1, 28, 28), seed=3)
+    x_a, x_b = x_a.clamp(-1, 1), x_b.clamp(-1, 1)
+    diffusion.clip_x0 = True
+    images = interpolate_real(diffusion, x_a, x_b, steps=4, num_steps=T, batch_size=3, progress=False)
+    assert diffusion.clip_x0 is True, "the caller's clipping setting is restored"
+    rows = images.reshape(2, 6, 1, 28, 28)
+    assert torch.equal(rows[:, 0], x_a) and torch.equal(rows[:, -1], x_b)
+    assert torch.isfinite(rows).all()
+    # The decoded path: the DDIM grid from the inverted noise, so its ends are the reconstructions.
+    diffusion.clip_x0 = False
+    noise = diffusion.ddim_invert(torch.cat([x_a, x_b]), T)
+    torch.testing.assert_close(rows[:, 1], diffusion.sample_ddim(noise[:2], T), rtol=0, atol=1e-5)
+    torch.testing.assert_close(rows[:, 4], diffusion.sample_ddim(noise[2:], T), rtol=0, atol=1e-5)

@@ -172,11 +172,13 @@ class DiffusionProcess(nn.Module):
         t: int,
         generator: torch.Generator | None = None,
         watch: NonFiniteWatch | None = None,
+        shared_noise: int = 1,
     ) -> torch.Tensor:
         """One ancestral step x_t -> x_{t-1} with σ_t² = β̃_t.
 
         Without clipping, μ̃(x_t, x̂_0(ε)) equals DDPM eq. 11; with clipping x̂_0 is first held to
-        the data range, as in the DDPM reference code.
+        the data range, as in the DDPM reference code. Consecutive groups of ``shared_noise``
+        images get the same noise z (see :meth:`sample`).
         """
         eps = self._model_eps(x_t, self.timestep_ids[t].expand(x_t.shape[0]), watch)
         # An int t: the schedule values are 0-d views, nothing is gathered or synced per step.
@@ -184,8 +186,15 @@ class DiffusionProcess(nn.Module):
         mean, _ = self.posterior_mean_variance(x_t, t, x0)
         if t == 0:
             return mean  # β̃_0 = 0: the last step adds no noise
-        noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-        return mean + self.posterior_std[t] * noise
+        return mean + self.posterior_std[t] * self._step_noise(x_t, generator, shared_noise)
+
+    @staticmethod
+    def _step_noise(x: torch.Tensor, generator: torch.Generator | None, shared: int = 1) -> torch.Tensor:
+        """Standard-normal noise shaped like ``x``; each run of ``shared`` consecutive images gets
+        the same draw."""
+        shape = (x.shape[0] // shared, *x.shape[1:])
+        noise = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+        return noise if shared == 1 else noise.repeat_interleave(shared, dim=0)
 
     @torch.inference_mode()
     def sample(
@@ -194,12 +203,22 @@ class DiffusionProcess(nn.Module):
         generator: torch.Generator | None = None,
         progress: bool = False,
         desc: str = "DDPM",
+        shared_noise: int = 1,
     ) -> torch.Tensor:
-        """Run all T ancestral steps from x_T (DDPM Algorithm 2); stochastic."""
+        """Run all T ancestral steps from x_T (DDPM Algorithm 2); stochastic.
+
+        ``shared_noise = k`` gives each run of k consecutive images the same per-step noise
+        (common random numbers): the images of an interpolation row then differ only through
+        their starting noise, not through independent sampling noise.
+        """
+        if shared_noise < 1 or x_T.shape[0] % shared_noise:
+            raise DiagnosticsError(
+                f"shared_noise = {shared_noise} must be at least 1 and divide the batch of {x_T.shape[0]}"
+            )
         x = x_T.to(self.device)
         watch = NonFiniteWatch(x.device)
         for t in progress_bar(range(self.timesteps - 1, -1, -1), desc=desc, disable=not progress):
-            x = self.ddpm_step(x, t, generator, watch)
+            x = self.ddpm_step(x, t, generator, watch, shared_noise)
         watch.raise_if_bad("DDPM sampling")
         return x
 
@@ -229,8 +248,7 @@ class DiffusionProcess(nn.Module):
         # x_prev = √ᾱ_prev x̂_0 + √(1 - ᾱ_prev - σ²) ε + σ z                             (DDIM eq. 12)
         x_prev = sqrt_alpha_bar_prev * x0 + direction_scale * eps
         if eta > 0:
-            noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-            x_prev = x_prev + sigma * noise
+            x_prev = x_prev + sigma * self._step_noise(x_t, generator)
         return x_prev
 
     def ddim_step(

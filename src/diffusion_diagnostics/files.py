@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import os
 from pathlib import Path
@@ -40,3 +41,11 @@ def save_torch(payload, path: str | os.PathLike) -> None:
 
     with atomic_output(path) as temporary, open(temporary, "wb") as handle:
         torch.save(payload, handle)
+
+
+def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
+    """Same-keyed dicts as a CSV with a header row, atomically."""
+    with atomic_output(path) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

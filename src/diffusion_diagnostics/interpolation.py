@@ -85,19 +85,27 @@ def interpolation_grid(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    shared_noise: bool = False,
 ) -> torch.Tensor:
     """Decode the interpolated noise between given endpoints; images ``(n * steps, C, H, W)``
     in [-1, 1], row-major (row i is the pair z0[i], z1[i]).
 
     DDPM draws its per-step noise from ``generator`` (on the sampling device); DDIM with η = 0
-    uses none.
+    uses none. ``shared_noise`` (DDPM): every image of a row gets the same per-step noise, so a
+    row changes only with its starting noise (common random numbers).
     """
     device = torch.device(device) if device is not None else model_device(diffusion)
     latents = interpolate(z0.float(), z1.float(), steps, interpolation).flatten(0, 1)
     if sampler == "ddpm":
+        group = steps if shared_noise else 1
+        if shared_noise and batch_size >= 1:
+            # A row's images must share a batch to share its noise: whole rows per batch.
+            batch_size = max(steps, batch_size - batch_size % steps)
 
         def decode(batch, desc):
-            return diffusion.sample(batch, generator=generator, progress=progress, desc=f"DDPM {desc}")
+            return diffusion.sample(
+                batch, generator=generator, progress=progress, desc=f"DDPM {desc}", shared_noise=group
+            )
     elif sampler == "ddim":
 
         def decode(batch, desc):
@@ -109,11 +117,102 @@ def interpolation_grid(
     return sample_in_batches(decode, latents, batch_size, device)
 
 
+def interpolate_real(
+    diffusion: DiffusionProcess,
+    x_a: torch.Tensor,
+    x_b: torch.Tensor,
+    steps: int = 9,
+    num_steps: int = 100,
+    interpolation: str = "slerp",
+    batch_size: int = 72,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Interpolate between real images: DDIM-invert each pair to noise, interpolate the noises,
+    decode with η = 0 DDIM. Images ``(n * (steps + 2), C, H, W)``: each row starts and ends with
+    the real digits, the decoded path between them.
+
+    Clipping is off for both directions: only the unclipped DDIM map is inverted by DDIM
+    inversion, so only then do the path's ends reproduce the real digits.
+    """
+    device = model_device(diffusion)
+    clip, diffusion.clip_x0 = diffusion.clip_x0, False
+    try:
+
+        def invert(batch, desc):
+            return diffusion.ddim_invert(batch, num_steps, progress=progress)
+
+        z = sample_in_batches(invert, torch.cat([x_a, x_b]).float(), batch_size, device)
+        z0, z1 = z.split(len(x_a))
+        decoded = interpolation_grid(
+            diffusion, z0, z1, steps, "ddim", num_steps, 0.0, interpolation, batch_size, progress=progress
+        )
+    finally:
+        diffusion.clip_x0 = clip
+    rows = decoded.reshape(len(x_a), steps, *x_a.shape[1:])
+    return torch.cat([x_a[:, None].float(), rows, x_b[:, None].float()], dim=1).flatten(0, 1)
+
+
+def select_pairs(labels: torch.Tensor, pairs: list[list[int]], select: str) -> tuple[list[int], list[int]]:
+    """Indices into the held-out split for each configured pair.
+
+    ``select = "indices"``: the pairs are indices themselves. ``"classes"``: the pairs are digit
+    classes; a class's k-th appearance among the pairs takes its k-th held-out image, so rows
+    show different digits.
+    """
+    if select == "indices":
+        for pair in pairs:
+            for index in pair:
+                if not 0 <= index < len(labels):
+                    raise DiagnosticsError(
+                        f"real-digit pair {pair}: index {index} is outside the held-out split "
+                        f"(0..{len(labels) - 1})"
+                    )
+        return [a for a, _ in pairs], [b for _, b in pairs]
+    if select != "classes":
+        raise DiagnosticsError(f"pair selection '{select}' is unknown; use classes or indices")
+    used = {}
+    chosen = []
+    for pair in pairs:
+        for digit in pair:
+            members = torch.nonzero(labels == digit).flatten()
+            k = used.get(digit, 0)
+            if k >= len(members):
+                raise DiagnosticsError(
+                    f"real-digit pair {pair}: the held-out split has only {len(members)} "
+                    f"images of class {digit}"
+                )
+            used[digit] = k + 1
+            chosen.append(int(members[k]))
+    return chosen[0::2], chosen[1::2]
+
+
 def save_grid(images: torch.Tensor, columns: int, path: str | os.PathLike) -> str:
     """Save images in [-1, 1] as one PNG, ``columns`` tiles per row; returns the path."""
     with atomic_output(path) as temporary:
         save_image(images.clamp(-1, 1) * 0.5 + 0.5, temporary, nrow=columns)
     return str(path)
+
+
+GRID_FORMAT = "diffusion-diagnostics-grid"
+
+
+def save_grid_images(path: str | os.PathLike, images: torch.Tensor) -> None:
+    """A decoded grid, shape ``(rows, columns, C, H, W)`` in [-1, 1]."""
+    save_torch({"format": GRID_FORMAT, "images": images}, path)
+
+
+def load_grid_images(path: str | os.PathLike) -> torch.Tensor:
+    return _load_tagged(path, GRID_FORMAT, "interpolation_samples")["images"]
+
+
+def _load_tagged(path: str | os.PathLike, tag: str, rule: str) -> dict:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("format") != tag:
+            raise ValueError(f"format is {payload.get('format')!r}")
+        return payload
+    except Exception as error:
+        raise DiagnosticsError(f"{path} is unreadable ({error}); rerun the {rule} rule") from None
 
 
 # --- endpoints -----------------------------------------------------------------------------
@@ -132,15 +231,8 @@ def save_endpoints(path: str | os.PathLike, z0: torch.Tensor, z1: torch.Tensor, 
 
 
 def load_endpoints(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        if payload.get("format") != ENDPOINTS_FORMAT:
-            raise ValueError(f"format is {payload.get('format')!r}")
-        return payload["z0"], payload["z1"]
-    except Exception as error:
-        raise DiagnosticsError(
-            f"endpoint file {path} is unreadable ({error}); rerun the noise_endpoints rule"
-        ) from None
+    payload = _load_tagged(path, ENDPOINTS_FORMAT, "noise_endpoints")
+    return payload["z0"], payload["z1"]
 
 
 # --- the original utility's interface ------------------------------------------------------

@@ -11,6 +11,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/loss.smk"
 include: "workflow/rules/interpolation.smk"
+include: "workflow/rules/quality.smk"
 
 
 # With `models` in the config: every model's files under results/<model>/ and their comparison
@@ -23,6 +24,10 @@ rule all:
             f"results/{PER_MODEL}timestep_loss.png",
             f"results/{PER_MODEL}interp.png",
             f"results/{PER_MODEL}interp_ddim.png",
+            f"results/{PER_MODEL}interp_real.png",
+            f"results/{PER_MODEL}quality/sample_quality.csv",
+            f"results/{PER_MODEL}quality/interpolation_metrics.csv",
+            f"results/{PER_MODEL}quality/ddim_fidelity.csv",
         ),
         "results/noise/ddpm_endpoints.pt",
         "results/noise/ddim_endpoints.pt",

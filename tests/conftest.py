@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or "snakemake"
 
 
-# Every output of a single-model run, as DESIGN.md lists them.
+# Every output of a single-model run: DESIGN.md's and the quality diagnostics'.
 OUTPUTS = [
     "results/timestep_loss.csv",
     "results/timestep_loss.png",
@@ -29,6 +29,18 @@ OUTPUTS = [
     "results/noise/ddim_endpoints.pt",
     "results/interp.png",
     "results/interp_ddim.png",
+    "results/interp_real.png",
+    "results/classifier/classifier.pt",
+    "results/classifier/summary.json",
+    "results/quality/sample_quality.csv",
+    "results/quality/sample_quality.json",
+    "results/quality/sample_quality.png",
+    "results/quality/samples.png",
+    "results/quality/interpolation_metrics.csv",
+    "results/quality/interpolation_metrics.png",
+    "results/quality/ddim_fidelity.csv",
+    "results/quality/ddim_fidelity.png",
+    "results/quality/ddim_inversion.csv",
 ]
 
 

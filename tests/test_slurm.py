@@ -42,11 +42,26 @@ PROFILE = REPO / "profiles" / "slurm"
 START_SCRIPT = REPO / "tests" / "slurm" / "start-cluster.sh"
 STOP_SCRIPT = REPO / "tests" / "slurm" / "stop-cluster.sh"
 
-GPU_RULES = {"train", "timestep_loss", "interpolation_grid_ddpm", "interpolation_grid_ddim"}
-CPU_RULES = {"noise_endpoints", "plot_timestep_loss"}
-# Jobs the tiny DAG sends to SLURM: noise_endpoints runs once per sampler.
+GPU_RULES = {
+    "train",
+    "timestep_loss",
+    "interpolation_samples",
+    "train_classifier",
+    "sample_quality",
+    "ddim_fidelity",
+    "interpolate_real_digits",
+}
+CPU_RULES = {
+    "noise_endpoints",
+    "plot_timestep_loss",
+    "interpolation_grid_ddpm",
+    "interpolation_grid_ddim",
+    "interpolation_metrics",
+}
+# Jobs the tiny DAG sends to SLURM: noise_endpoints runs once per sampler, interpolation_samples
+# once per decoded grid (the tiny config's three metric variants and the DDIM picture's grid).
 EXPECTED_SUBMISSIONS = collections.Counter(
-    {**dict.fromkeys(GPU_RULES, 1), "plot_timestep_loss": 1, "noise_endpoints": 2}
+    {**dict.fromkeys(GPU_RULES | CPU_RULES, 1), "noise_endpoints": 2, "interpolation_samples": 4}
 )
 # The non-default partition of the test cluster: a job lands there only if the override reached sbatch.
 PARTITION = "test"

@@ -15,7 +15,15 @@ from diffusion_diagnostics.unet import UNet
 
 from conftest import OUTPUTS, planned_jobs, run_snakemake, tiny_config
 
-MODEL_RULES = ["train", "timestep_loss", "interpolation_grid_ddpm", "interpolation_grid_ddim"]
+MODEL_RULES = [
+    "train",
+    "timestep_loss",
+    "interpolation_samples",
+    "train_classifier",
+    "sample_quality",
+    "ddim_fidelity",
+    "interpolate_real_digits",
+]
 
 
 def test_full_run_produces_every_output(tiny_run):
@@ -90,6 +98,7 @@ def test_dry_run_of_one_grid_plans_only_what_it_needs(tmp_path):
         "download_mnist": 1,
         "train": 1,
         "noise_endpoints": 1,
+        "interpolation_samples": 1,
         "interpolation_grid_ddim": 1,
     }
 

@@ -54,41 +54,69 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _read(path: Path) -> dict:
+def read_tagged_file(
+    path: Path, fmt: str, version: int, expected: str, what: str = "checkpoint", remedy: str = ""
+) -> dict:
+    """Load a dict saved by this package whose ``format`` is ``fmt``, safely (weights only).
+
+    Every bad file (missing, empty, corrupt, foreign, holding code, another version) is one
+    DiagnosticsError line naming ``what`` and the file, saying what was ``expected`` and, where
+    given, the ``remedy``.
+    """
+    tail = f"; {remedy}" if remedy else ""
     if not path.is_file():
-        raise DiagnosticsError(f"checkpoint {path}: no such file")
+        raise DiagnosticsError(f"{what} {path}: no such file{tail}")
     if path.stat().st_size == 0:
-        raise DiagnosticsError(f"checkpoint {path}: the file is empty; {EXPECTED}")
+        raise DiagnosticsError(f"{what} {path}: the file is empty; {expected}{tail}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "GLOBAL" not in str(error):
             raise DiagnosticsError(
-                f"checkpoint {path}: not a readable PyTorch file, truncated or corrupt "
-                f"(its pickle stream does not parse); {EXPECTED}"
+                f"{what} {path}: not a readable PyTorch file, truncated or corrupt "
+                f"(its pickle stream does not parse); {expected}{tail}"
             ) from None
         # weights_only refuses any object that is not a tensor or a plain container: loading the
         # file without it would have built foreign objects, possibly running code on the way.
         raise DiagnosticsError(
-            f"checkpoint {path}: refused, it holds objects other than tensors, numbers and "
-            f"strings, and unpickling them could run code; {EXPECTED}"
+            f"{what} {path}: refused, it holds objects other than tensors, numbers and "
+            f"strings, and unpickling them could run code; {expected}{tail}"
         ) from None
     except Exception as error:  # noqa: BLE001 - arbitrary bytes fail in arbitrary ways
         raise DiagnosticsError(
-            f"checkpoint {path}: not a readable PyTorch file, truncated or corrupt "
-            f"({_first_line(error)}); {EXPECTED}"
+            f"{what} {path}: not a readable PyTorch file, truncated or corrupt "
+            f"({_first_line(error)}); {expected}{tail}"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
         keys = ", ".join(list(payload)[:5]) if isinstance(payload, dict) else type(payload).__name__
         raise DiagnosticsError(
-            f"checkpoint {path}: not a diffusion-diagnostics checkpoint (found {keys}); {EXPECTED}"
+            f"{what} {path}: not a diffusion-diagnostics {what} (found {keys}); {expected}{tail}"
         )
-    if payload.get("version") != VERSION:
+    if payload.get("version") != version:
         raise DiagnosticsError(
-            f"checkpoint {path}: format version {payload.get('version')} is not supported "
-            f"(this package reads version {VERSION})"
+            f"{what} {path}: format version {payload.get('version')} is not supported "
+            f"(this package reads version {version}){tail}"
         )
     return payload
+
+
+def state_dict_mismatch(model: torch.nn.Module, state_dict: dict) -> str:
+    """What keeps ``state_dict`` from loading into ``model`` (names missing, unexpected or of
+    another shape), or "" when it fits."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    shapes = [
+        name
+        for name, tensor in expected.items()
+        if name in state_dict
+        and (not isinstance(state_dict[name], torch.Tensor) or state_dict[name].shape != tensor.shape)
+    ]
+    return "; ".join(
+        f"{what}: {', '.join(names[:3])}{' …' if len(names) > 3 else ''}"
+        for what, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes))
+        if names
+    )
 
 
 def load_checkpoint(
@@ -99,7 +127,7 @@ def load_checkpoint(
     Returns the process, in eval mode on ``device``, and the checkpoint's training metadata.
     """
     path = Path(path)
-    payload = _read(path)
+    payload = read_tagged_file(path, FORMAT, VERSION, EXPECTED)
     try:
         model = UNet(**payload["model_config"])
     except TypeError as error:
@@ -107,21 +135,8 @@ def load_checkpoint(
             f"checkpoint {path}: its model_config does not fit this UNet ({error})"
         ) from None
     state_dict = payload["state_dict"]
-    missing, unexpected = (
-        sorted(set(model.state_dict()) - set(state_dict)),
-        sorted(set(state_dict) - set(model.state_dict())),
-    )
-    shapes = [
-        name
-        for name, tensor in model.state_dict().items()
-        if name in state_dict and state_dict[name].shape != tensor.shape
-    ]
-    if missing or unexpected or shapes:
-        detail = "; ".join(
-            f"{what}: {', '.join(names[:3])}{' …' if len(names) > 3 else ''}"
-            for what, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes))
-            if names
-        )
+    detail = state_dict_mismatch(model, state_dict)
+    if detail:
         raise DiagnosticsError(
             f"checkpoint {path}: its weights were made for another architecture than its "
             f"model_config describes ({detail})"

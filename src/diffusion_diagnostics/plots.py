@@ -1,4 +1,5 @@
-"""matplotlib figures: per-timestep loss bars, their comparison across models, the training loss curve."""
+"""matplotlib figures: per-timestep loss bars, their comparison across models, the training loss curve,
+and the classifier-judged sample quality, interpolation smoothness and DDIM fidelity."""
 
 from __future__ import annotations
 
@@ -84,6 +85,120 @@ def plot_training_history(rows: list[dict], path: str | os.PathLike) -> None:
     axes.set_ylabel("MSE (ε-prediction error)")
     axes.grid(alpha=0.3)
     axes.legend()
+    _save(figure, path)
+
+
+def _number(value) -> float | None:
+    """A CSV cell or a Python value as a float; empty (the held-out reference's distance) is None."""
+    return None if value in ("", None) else float(value)
+
+
+def plot_sample_quality(rows: list[dict], path: str | os.PathLike) -> None:
+    """Fréchet distance per image set (log scale), and the predicted-class shares of the samples
+    beside the held-out digits'; rows as :func:`quality.sample_quality_rows` returns them."""
+    figure, (distances, classes) = plt.subplots(1, 2, figsize=(11.0, 4.0), layout="constrained")
+    scored = [
+        (r["set"], _number(r["frechet_distance"])) for r in rows if _number(r["frechet_distance"]) is not None
+    ]
+    bars = distances.bar(range(len(scored)), [d for _, d in scored], color="tab:blue")
+    distances.bar_label(bars, fmt="%.3g", fontsize=8)
+    distances.set_xticks(range(len(scored)), [name for name, _ in scored], rotation=15, ha="right")
+    distances.set_yscale("log")
+    distances.set_ylabel("Fréchet distance to real held-out")
+    distances.set_title("Fréchet distance (classifier features)")
+    distances.grid(axis="y", alpha=0.3)
+
+    by_set = {r["set"]: r for r in rows}
+    width = 0.4
+    # Shares, not counts: the samples and the held-out set need not be the same size.
+    for offset, (name, color) in zip(
+        (-width / 2, width / 2), (("samples", "tab:orange"), ("real held-out", "tab:gray")), strict=True
+    ):
+        if name not in by_set:
+            continue
+        counts = [float(by_set[name][f"class_{digit}"]) for digit in range(10)]
+        total = sum(counts) or 1.0
+        classes.bar(
+            [d + offset for d in range(10)], [c / total for c in counts], width, color=color, label=name
+        )
+    classes.set_xticks(range(10))
+    classes.set_xlabel("predicted class")
+    classes.set_ylabel("share of images")
+    classes.set_title("Predicted classes")
+    classes.grid(axis="y", alpha=0.3)
+    classes.legend()
+    figure.suptitle("Sample quality judged by the digit classifier")
+    _save(figure, path)
+
+
+INTERPOLATION_METRICS = (
+    ("mean_step", "mean step (pixel RMSE)"),
+    ("max_over_mean", "largest / mean step"),
+    ("on_manifold_rate", "share of clear digits"),
+    ("label_changes", "class changes per row"),
+)
+
+
+def plot_interpolation_metrics(rows: list[dict], path: str | os.PathLike) -> None:
+    """One panel per path metric: a bar per variant (the mean over its rows), each row a dot.
+
+    ``rows`` as :func:`quality.interpolation_row_metrics` returns them, plus a ``variant`` name;
+    variants keep the order of their first row.
+    """
+    by_variant: dict[str, list[dict]] = {}
+    for row in rows:
+        by_variant.setdefault(row["variant"], []).append(row)
+    variants = list(by_variant)
+    figure, panels = plt.subplots(
+        2, 2, figsize=(max(8.0, 2.0 + 2.2 * len(variants)), 7.0), layout="constrained"
+    )
+    for axes, (key, label) in zip(panels.flat, INTERPOLATION_METRICS, strict=True):
+        for position, variant in enumerate(variants):
+            values = [float(r[key]) for r in by_variant[variant]]
+            axes.bar(position, sum(values) / len(values), color=f"C{position}", alpha=0.6)
+            # Spread the dots evenly across the bar, not randomly, so the figure is reproducible.
+            spread = [position + 0.5 * (i / max(1, len(values) - 1) - 0.5) for i in range(len(values))]
+            axes.plot(spread, values, "o", color="black", markersize=3)
+        slanted = len(variants) > 2
+        axes.set_xticks(
+            range(len(variants)), variants, rotation=30 if slanted else 0, ha="right" if slanted else "center"
+        )
+        axes.set_title(label, fontsize=10)
+        axes.grid(axis="y", alpha=0.3)
+    figure.suptitle("Interpolation paths judged by the digit classifier (bar: mean over rows; dots: rows)")
+    _save(figure, path)
+
+
+def plot_ddim_fidelity(rows: list[dict], path: str | os.PathLike) -> None:
+    """Error of DDIM with S steps against the S = 1000 decoding of the same noise, and the
+    wall time, per S; rows with num_steps, rmse_to_reference, max_error_to_reference and seconds."""
+    rows = sorted(rows, key=lambda r: int(r["num_steps"]))
+    steps = [int(r["num_steps"]) for r in rows]
+    figure, error_axes = plt.subplots(figsize=(7.0, 4.0), layout="constrained")
+    lines = error_axes.plot(
+        steps, [float(r["rmse_to_reference"]) for r in rows], "o-", color="tab:blue", label="RMSE"
+    )
+    lines += error_axes.plot(
+        steps,
+        [float(r["max_error_to_reference"]) for r in rows],
+        "s--",
+        color="tab:blue",
+        alpha=0.5,
+        label="max |error|",
+    )
+    error_axes.set_xscale("log")
+    error_axes.set_xticks(steps, [str(s) for s in steps])
+    error_axes.minorticks_off()
+    error_axes.set_xlabel("DDIM steps S")
+    error_axes.set_ylabel("error vs S = 1000 (pixels in [-1, 1])")
+    error_axes.grid(alpha=0.3)
+    time_axes = error_axes.twinx()
+    lines += time_axes.plot(
+        steps, [float(r["seconds"]) for r in rows], "^-", color="tab:orange", label="wall time"
+    )
+    time_axes.set_ylabel("wall time (s)")
+    error_axes.legend(lines, [line.get_label() for line in lines], loc="upper center")
+    error_axes.set_title("DDIM: fewer steps vs the S = 1000 grid")
     _save(figure, path)
 
 

@@ -58,6 +58,10 @@ DATA = {
 }
 # MNIST digits; the endpoints are drawn for this shape whatever the model.
 SAMPLE_SHAPE = [1, 28, 28]
+# The interpolation the two pictures interp.png and interp_ddim.png show.
+GRID_METHOD = config["interpolation"]["method"]
+# The digit classifier that judges samples: one for all models, trained on the training split.
+CLASSIFIER = "results/classifier/classifier.pt"
 
 
 def model_checkpoint(wildcards):

@@ -1,5 +1,7 @@
 wildcard_constraints:
     sampler="ddpm|ddim",
+    method="lerp|slerp",
+    noise="independent|shared",
 
 
 # Shared by all models of a sweep: every model's grid decodes the same starting noise, which is what
@@ -22,10 +24,36 @@ rule noise_endpoints:
         "../../scripts/noise_endpoints.py"
 
 
-rule interpolation_grid_ddpm:
+# One decoded grid, kept as images so that the PNG and the interpolation metrics read the same
+# samples: {method} lerp | slerp, {noise} independent | shared per-step noise within a row (DDPM).
+rule interpolation_samples:
     input:
         model=model_checkpoint,
-        endpoints="results/noise/ddpm_endpoints.pt",
+        endpoints="results/noise/{sampler}_endpoints.pt",
+    output:
+        images=f"results/{PER_MODEL}interpolation/{{sampler}}-{{method}}-{{noise}}.pt",
+    log:
+        f"logs/{PER_MODEL}interpolation_samples/{{sampler}}-{{method}}-{{noise}}.log",
+    benchmark:
+        benchmark_file(
+            f"{PER_MODEL}interpolation_samples/{{sampler}}-{{method}}-{{noise}}"
+        )
+    conda:
+        CONDA_ENV
+    threads: config["threads"]
+    resources:
+        gpu=1,
+    params:
+        settings=config["interpolation"],
+        device=config["device"],
+    script:
+        "../../scripts/interpolation_samples.py"
+
+
+# The configured grid of each sampler as a picture.
+rule interpolation_grid_ddpm:
+    input:
+        images=f"results/{PER_MODEL}interpolation/ddpm-{GRID_METHOD}-independent.pt",
     output:
         grid=report(
             f"results/{PER_MODEL}interp.png",
@@ -39,21 +67,14 @@ rule interpolation_grid_ddpm:
         benchmark_file(f"{PER_MODEL}interpolation_grid_ddpm")
     conda:
         CONDA_ENV
-    threads: config["threads"]
-    resources:
-        gpu=1,
-    params:
-        sampler="ddpm",
-        settings=config["interpolation"],
-        device=config["device"],
+    threads: 1
     script:
         "../../scripts/interpolation_grid.py"
 
 
 use rule interpolation_grid_ddpm as interpolation_grid_ddim with:
     input:
-        model=model_checkpoint,
-        endpoints="results/noise/ddim_endpoints.pt",
+        images=f"results/{PER_MODEL}interpolation/ddim-{GRID_METHOD}-independent.pt",
     output:
         grid=report(
             f"results/{PER_MODEL}interp_ddim.png",
@@ -65,9 +86,3 @@ use rule interpolation_grid_ddpm as interpolation_grid_ddim with:
         f"logs/{PER_MODEL}interpolation_grid_ddim.log",
     benchmark:
         benchmark_file(f"{PER_MODEL}interpolation_grid_ddim")
-    conda:
-        CONDA_ENV
-    params:
-        sampler="ddim",
-        settings=config["interpolation"],
-        device=config["device"],

@@ -1,0 +1,41 @@
+"""Rule ddim_fidelity: the DDIM grid at several step counts against the finest, and held-out digits
+inverted to noise and decoded back."""
+
+import logging
+
+from diffusion_diagnostics.checkpoint import load_checkpoint
+from diffusion_diagnostics.data import load_split
+from diffusion_diagnostics.fidelity import ddim_step_sweep, inversion_reconstruction
+from diffusion_diagnostics.files import write_csv
+from diffusion_diagnostics.interpolation import load_endpoints
+from diffusion_diagnostics.plots import plot_ddim_fidelity
+from diffusion_diagnostics.runtime import resolve_device
+from diffusion_diagnostics.workflow import run_rule
+
+
+def main(snakemake):
+    settings, interpolation = snakemake.params.settings, snakemake.params.interpolation
+    diffusion, _ = load_checkpoint(snakemake.input.model, resolve_device(snakemake.params.device))
+    diffusion.clip_x0 = interpolation["clip_x0"]
+    z0, z1 = load_endpoints(snakemake.input.endpoints)
+    sweep = ddim_step_sweep(
+        diffusion,
+        z0,
+        z1,
+        interpolation["steps"],
+        settings["num_steps"],
+        interpolation["method"],
+        interpolation["batch_size"],
+    )
+    heldout = load_split(snakemake.input.heldout).tensors[0][: settings["inversion_images"]]
+    inversion = inversion_reconstruction(
+        diffusion, heldout, settings["num_steps"], interpolation["batch_size"]
+    )
+    for row in sweep + inversion:
+        logging.info("%s", row)
+    write_csv(sweep, snakemake.output.csv)
+    plot_ddim_fidelity(sweep, snakemake.output.png)
+    write_csv(inversion, snakemake.output.inversion)
+
+
+run_rule(main, snakemake)  # noqa: F821

@@ -1,0 +1,220 @@
+"""Sample quality and interpolation smoothness, judged by the digit classifier (classifier.py).
+
+Fréchet distance: between Gaussians fitted to the classifier's penultimate features of two image
+sets, as FID does with Inception features. Its absolute value means little; it is read against a
+floor (real training digits, which differ from the held-out ones only by sampling) and a ceiling
+(uniform noise), measured in the same run with the same number of images, because the distance
+of finite samples is biased upward by an amount that depends on N.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .diffusion import DiffusionProcess
+from .errors import DiagnosticsError
+from .files import atomic_output
+from .interpolation import sample_in_batches
+from .runtime import model_device
+
+CONFIDENCE = 0.9
+QUALITY_COLUMNS = [
+    "set",
+    "n",
+    "frechet_distance",
+    "mean_max_softmax",
+    "confident_share",
+    *(f"class_{digit}" for digit in range(10)),
+]
+
+
+@dataclass
+class Judgement:
+    """What the classifier makes of an image set: features (N, D) float64 and softmax (N, 10), on CPU."""
+
+    features: torch.Tensor
+    probabilities: torch.Tensor
+
+
+@torch.inference_mode()
+def judge_images(classifier: nn.Module, images: torch.Tensor, batch_size: int = 500) -> Judgement:
+    """Run ``classifier`` (anything with ``features`` and ``head``, as DigitClassifier) over
+    ``images`` in [-1, 1], batch by batch on its device."""
+    if images.ndim != 4:
+        raise DiagnosticsError(f"images have shape {tuple(images.shape)}; expected (N, 1, 28, 28)")
+    device = model_device(classifier)
+    features, probabilities = [], []
+    for batch in images.split(batch_size):
+        batch_features = classifier.features(batch.to(device, torch.float32))
+        probabilities.append(classifier.head(batch_features).softmax(1).float().cpu())
+        features.append(batch_features.double().cpu())
+    return Judgement(torch.cat(features), torch.cat(probabilities))
+
+
+def _sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
+    """Square root of a symmetric positive semi-definite matrix; rounding's tiny negative
+    eigenvalues count as zero."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
+    return (eigenvectors * eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖μa - μb‖² + tr(Σa + Σb - 2 (Σa Σb)^½) between Gaussians fitted to rows of ``a`` and ``b``.
+
+    tr((Σa Σb)^½) is computed as Σ √λ over the eigenvalues λ of S Σb S with S = Σa^½: that
+    matrix is similar to Σa Σb but symmetric, so eigh applies and no scipy is needed. In float64.
+    """
+    for name, features in (("first", a), ("second", b)):
+        if features.ndim != 2 or len(features) < 2:
+            raise DiagnosticsError(
+                f"Fréchet distance: the {name} set has shape {tuple(features.shape)}; "
+                "expected (N, D) with N ≥ 2 (a covariance needs two rows)"
+            )
+        if not torch.isfinite(features).all():
+            raise DiagnosticsError(f"Fréchet distance: the {name} set holds NaN or Inf features")
+    if a.shape[1] != b.shape[1]:
+        raise DiagnosticsError(
+            f"Fréchet distance: the sets have {a.shape[1]} and {b.shape[1]} features per row; they must match"
+        )
+    a, b = a.double().cpu(), b.double().cpu()
+    mean_a, mean_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
+    root_a = _sqrtm_psd(cov_a)
+    product = root_a @ cov_b @ root_a
+    product = (product + product.T) / 2  # symmetric up to rounding; eigh reads only one triangle
+    trace_root = torch.linalg.eigvalsh(product).clamp(min=0).sqrt().sum()
+    distance = (mean_a - mean_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * trace_root
+    # Never below zero in exact arithmetic; identical sets can round to -1e-12.
+    return max(0.0, float(distance))
+
+
+def confidence_stats(probabilities: torch.Tensor, threshold: float = CONFIDENCE) -> dict:
+    """Mean of each image's top softmax, and the share of images at or above ``threshold``: how
+    often the judge sees a clear digit rather than something between classes."""
+    top = probabilities.max(1).values
+    # Compared in the probabilities' own precision, so a float32 softmax of 0.9 counts at 0.9.
+    return {
+        "mean_max_softmax": float(top.double().mean()),
+        "confident_share": float((top >= threshold).double().mean()),
+    }
+
+
+def class_histogram(probabilities: torch.Tensor) -> list[int]:
+    """How many images the judge assigns to each class (its argmax)."""
+    return torch.bincount(probabilities.argmax(1), minlength=probabilities.shape[1]).tolist()
+
+
+def sample_quality_rows(
+    judge: nn.Module | Callable[[torch.Tensor], Judgement],
+    samples: torch.Tensor,
+    train_images: torch.Tensor,
+    heldout_images: torch.Tensor,
+    *,
+    seed: int = 0,
+    threshold: float = CONFIDENCE,
+) -> list[dict]:
+    """One row per image set: the samples, real training digits (floor), uniform noise
+    (ceiling) and the held-out digits (the reference, so no distance of their own).
+
+    The floor and ceiling have as many images as the samples (the floor all training images if
+    there are fewer; its ``n`` says how many), drawn from a generator seeded with ``seed``.
+    ``judge`` is a classifier for :func:`judge_images`, or a function from images to a Judgement.
+    """
+    judged = judge if not isinstance(judge, nn.Module) else lambda images: judge_images(judge, images)
+    n = len(samples)
+    if n < 2:
+        raise DiagnosticsError(f"sample quality needs at least 2 samples, got {n}")
+    generator = torch.Generator().manual_seed(seed)
+    floor = train_images[torch.randperm(len(train_images), generator=generator)[:n]]
+    ceiling = torch.rand((n, *samples.shape[1:]), generator=generator) * 2 - 1
+    reference = judged(heldout_images)
+    rows = []
+    for name, images in (
+        ("samples", samples),
+        ("real train (floor)", floor),
+        ("uniform noise (ceiling)", ceiling),
+        ("real held-out", None),
+    ):
+        judgement = reference if images is None else judged(images)
+        distance = None if images is None else frechet_distance(judgement.features, reference.features)
+        row = {"set": name, "n": len(judgement.probabilities), "frechet_distance": distance}
+        row.update(confidence_stats(judgement.probabilities, threshold))
+        row.update(
+            {f"class_{digit}": count for digit, count in enumerate(class_histogram(judgement.probabilities))}
+        )
+        rows.append(row)
+    return rows
+
+
+def draw_samples(
+    diffusion: DiffusionProcess, num_samples: int, num_steps: int, batch_size: int, seed: int
+) -> torch.Tensor:
+    """``num_samples`` η = 0 DDIM samples in [-1, 1] on the CPU, from starting noise drawn by a
+    seeded CPU generator (the same noise on every machine and device)."""
+    noise = torch.randn((num_samples, *diffusion.sample_shape), generator=torch.Generator().manual_seed(seed))
+
+    def decode(batch, desc):
+        return diffusion.sample_ddim(batch, num_steps, progress=True, desc=f"DDIM {num_steps} {desc}")
+
+    return sample_in_batches(decode, noise, batch_size, model_device(diffusion))
+
+
+def write_quality_json(rows: list[dict], path: str | os.PathLike, **metadata) -> None:
+    """``metadata`` (checkpoint, classifier, seed, …) as top-level keys, the table under ``rows``."""
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps({**metadata, "rows": rows}, indent=2) + "\n")
+
+
+# --- interpolation paths -------------------------------------------------------------------------
+#
+# For a researcher comparing interpolation methods, per grid row (one path between two endpoints):
+# - mean_step: the average pixel RMSE between neighbouring frames; how far the path travels per
+#   step. Low is a gentle morph, but a path that stays put (all frames alike) is low too.
+# - max_step: the largest single step; where a path jumps from one digit to another.
+# - max_over_mean: max_step / mean_step, scale-free. Near 1 the change is spread evenly over the
+#   path; a path that holds one digit and then snaps to the other has one big step, and the value
+#   approaches steps - 1. 1.0 for a path that does not change at all.
+# - on_manifold_rate: share of the path's frames that the judge calls a clear digit (top softmax ≥
+#   threshold). Low means the middle of the path leaves the data: blends, ghosts, blobs.
+# - label_changes: how often the judge's class changes between neighbours. 1 for a path from one
+#   digit class to another that passes no third; more means it wanders through other digits.
+
+
+@torch.inference_mode()
+def interpolation_row_metrics(
+    images: torch.Tensor, classifier: nn.Module, threshold: float = CONFIDENCE
+) -> list[dict]:
+    """One dict per row of a grid ``(n_rows, steps, C, H, W)`` in [-1, 1]: the metrics above."""
+    if images.ndim != 5 or images.shape[1] < 2:
+        raise DiagnosticsError(
+            f"an interpolation grid has shape (rows, steps ≥ 2, C, H, W); got {tuple(images.shape)}"
+        )
+    n_rows, steps = images.shape[:2]
+    frames = images.double().cpu()
+    step_sizes = (frames[:, 1:] - frames[:, :-1]).pow(2).flatten(2).mean(2).sqrt()
+    device = model_device(classifier)
+    logits = torch.cat(
+        [classifier(batch.to(device, torch.float32)).cpu() for batch in images.flatten(0, 1).split(500)]
+    )
+    probabilities = logits.softmax(1).reshape(n_rows, steps, -1)
+    top, labels = probabilities.max(2)
+    rows = []
+    for row in range(n_rows):
+        mean_step, max_step = float(step_sizes[row].mean()), float(step_sizes[row].max())
+        rows.append(
+            {
+                "row": row,
+                "mean_step": mean_step,
+                "max_step": max_step,
+                "max_over_mean": max_step / mean_step if mean_step > 0 else 1.0,
+                "on_manifold_rate": float((top[row] >= threshold).double().mean()),
+                "label_changes": int((labels[row, 1:] != labels[row, :-1]).sum()),
+            }
+        )
+    return rows

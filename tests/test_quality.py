@@ -1,0 +1,275 @@
+"""Quality metrics judged by the classifier: the Fréchet distance against closed forms, confidence
+and class counts, interpolation-path metrics on hand-built grids, the quality table, and figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from diffusion_diagnostics import DiagnosticsError
+from diffusion_diagnostics.classifier import DigitClassifier
+from diffusion_diagnostics.files import write_csv
+from diffusion_diagnostics.plots import plot_ddim_fidelity, plot_interpolation_metrics, plot_sample_quality
+from diffusion_diagnostics.quality import (
+    QUALITY_COLUMNS,
+    Judgement,
+    class_histogram,
+    confidence_stats,
+    frechet_distance,
+    interpolation_row_metrics,
+    judge_images,
+    sample_quality_rows,
+    write_quality_json,
+)
+
+
+def corners(dims: int) -> torch.Tensor:
+    """The 2^dims points (±1, …, ±1): sample mean exactly 0, sample covariance exactly
+    2^dims / (2^dims - 1) times the identity."""
+    grid = torch.cartesian_prod(*[torch.tensor([-1.0, 1.0], dtype=torch.float64)] * dims)
+    return grid.reshape(-1, dims)
+
+
+def with_moments(mean: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
+    """Points whose sample mean and (n - 1) sample covariance are exactly the ones given."""
+    points = corners(len(mean))
+    n = len(points)
+    factor = torch.linalg.cholesky(covariance * (n - 1) / n)
+    return points @ factor.T + mean
+
+
+# --- Fréchet distance ----------------------------------------------------------------------------
+
+
+def test_frechet_distance_is_exact_for_known_diagonal_moments():
+    """Diagonal covariances commute: the trace term is Σ (√a - √b)²."""
+    mean_a, mean_b = torch.tensor([0.0, 1.0, 2.0, -1.0]).double(), torch.tensor([1.0, 1.0, 0.0, 0.5]).double()
+    var_a, var_b = torch.tensor([1.0, 4.0, 0.25, 2.0]).double(), torch.tensor([2.0, 1.0, 1.0, 2.0]).double()
+    a, b = with_moments(mean_a, torch.diag(var_a)), with_moments(mean_b, torch.diag(var_b))
+    expected = (mean_a - mean_b).pow(2).sum() + (var_a.sqrt() - var_b.sqrt()).pow(2).sum()
+    assert frechet_distance(a, b) == pytest.approx(float(expected), rel=1e-10)
+
+
+def test_frechet_distance_is_exact_for_non_commuting_covariances():
+    """In 2-D, tr((Σa Σb)^½) = √(tr(Σa Σb) + 2 √(det Σa det Σb)), for any Σa, Σb."""
+    cov_a = torch.tensor([[2.0, 0.8], [0.8, 1.0]], dtype=torch.float64)
+    cov_b = torch.tensor([[1.0, -0.3], [-0.3, 0.5]], dtype=torch.float64)
+    mean_a, mean_b = torch.tensor([0.5, -1.0], dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    trace_root = math.sqrt((cov_a @ cov_b).trace() + 2 * math.sqrt(cov_a.det() * cov_b.det()))
+    expected = (mean_a - mean_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * trace_root
+    a, b = with_moments(mean_a, cov_a), with_moments(mean_b, cov_b)
+    assert frechet_distance(a, b) == pytest.approx(float(expected), rel=1e-10)
+
+
+def test_frechet_distance_of_large_gaussian_samples_matches_the_closed_form():
+    generator = torch.Generator().manual_seed(0)
+    mean_a, mean_b = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 1.0, 0.0])
+    var_a, var_b = torch.tensor([1.0, 4.0, 0.25]), torch.tensor([2.0, 1.0, 1.0])
+    a = mean_a + var_a.sqrt() * torch.randn((100_000, 3), generator=generator)
+    b = mean_b + var_b.sqrt() * torch.randn((100_000, 3), generator=generator)
+    expected = (mean_a - mean_b).pow(2).sum() + (var_a.sqrt() - var_b.sqrt()).pow(2).sum()
+    assert frechet_distance(a, b) == pytest.approx(float(expected), rel=0.02)
+
+
+def test_frechet_distance_is_symmetric_zero_on_itself_and_rotation_invariant():
+    generator = torch.Generator().manual_seed(1)
+    a = torch.randn((200, 6), generator=generator, dtype=torch.float64)
+    mixing = torch.randn((6, 6), generator=generator, dtype=torch.float64)
+    b = torch.randn((150, 6), generator=generator, dtype=torch.float64) @ mixing + 0.3
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-9)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    rotation, _ = torch.linalg.qr(torch.randn((6, 6), generator=generator, dtype=torch.float64))
+    assert frechet_distance(a @ rotation, b @ rotation) == pytest.approx(frechet_distance(a, b), rel=1e-9)
+    assert frechet_distance(a, b) > 1.0
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "words"),
+    [
+        (torch.zeros(1, 4), torch.zeros(5, 4), "N ≥ 2"),
+        (torch.zeros(5, 4), torch.zeros(5), "N ≥ 2"),
+        (torch.zeros(5, 4), torch.zeros(5, 3), "4 and 3"),
+        (torch.full((5, 4), float("nan")), torch.zeros(5, 4), "NaN"),
+    ],
+)
+def test_frechet_distance_refuses_bad_sets(a, b, words):
+    with pytest.raises(DiagnosticsError, match=words):
+        frechet_distance(a, b)
+
+
+# --- confidence and classes ----------------------------------------------------------------------
+
+
+def test_confidence_stats_and_class_histogram():
+    probabilities = torch.zeros(4, 10)
+    probabilities[0, 3] = 1.0  # sure it is a 3
+    probabilities[1, 3], probabilities[1, 5] = 0.95, 0.05
+    probabilities[2, 7], probabilities[2, 1] = 0.5, 0.5 - 1e-3  # torn between 7 and 1
+    probabilities[2, 0] = 1e-3
+    probabilities[3, 9], probabilities[3, 4] = 0.9, 0.1  # exactly at the threshold counts
+    stats = confidence_stats(probabilities)
+    assert stats["mean_max_softmax"] == pytest.approx((1.0 + 0.95 + 0.5 + 0.9) / 4)
+    assert stats["confident_share"] == 0.75
+    assert confidence_stats(probabilities, threshold=0.99)["confident_share"] == 0.25
+    assert class_histogram(probabilities) == [0, 0, 0, 2, 0, 0, 0, 1, 0, 1]
+
+
+# --- interpolation paths -------------------------------------------------------------------------
+
+
+class BrightnessJudge(nn.Module):
+    """Fixed logits from a frame's mean brightness m: class 0 if m < 0 else 1, confidently
+    (softmax ≈ 0.9996) when |m| > 0.5, else barely (≈ 0.11)."""
+
+    def forward(self, x):
+        brightness = x.flatten(1).mean(1)
+        logits = torch.zeros(len(x), 10)
+        logits[torch.arange(len(x)), (brightness >= 0).long()] = torch.where(
+            brightness.abs() > 0.5, 10.0, 0.1
+        )
+        return logits
+
+
+def test_interpolation_row_metrics_on_a_hand_built_grid():
+    levels = [
+        [-1.0] * 5,  # stays put
+        [-1.0, -1.0, 1.0, 1.0, 1.0],  # one jump
+        [-1.0, -0.5, 0.0, 0.5, 1.0],  # even steps, a blurry middle
+    ]
+    grid = torch.tensor(levels)[:, :, None, None, None].expand(3, 5, 1, 28, 28)
+    rows = interpolation_row_metrics(grid, BrightnessJudge())
+    assert [row["row"] for row in rows] == [0, 1, 2]
+    still, jump, even = rows
+    assert still == {
+        "row": 0,
+        "mean_step": 0.0,
+        "max_step": 0.0,
+        "max_over_mean": 1.0,
+        "on_manifold_rate": 1.0,
+        "label_changes": 0,
+    }
+    assert jump["mean_step"] == pytest.approx(0.5) and jump["max_step"] == pytest.approx(2.0)
+    assert jump["max_over_mean"] == pytest.approx(4.0)  # steps - 1: all the change in one step
+    assert jump["on_manifold_rate"] == 1.0 and jump["label_changes"] == 1
+    assert even["mean_step"] == pytest.approx(0.5) and even["max_over_mean"] == pytest.approx(1.0)
+    assert even["on_manifold_rate"] == pytest.approx(0.4) and even["label_changes"] == 1
+
+
+def test_interpolation_row_metrics_refuses_a_flat_batch():
+    with pytest.raises(DiagnosticsError, match="rows, steps"):
+        interpolation_row_metrics(torch.zeros(6, 1, 28, 28), BrightnessJudge())
+
+
+# --- the quality table ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return DigitClassifier().eval()
+
+
+def images(n: int, seed: int) -> torch.Tensor:
+    return torch.rand((n, 1, 28, 28), generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_judge_images_batches_without_changing_the_result(classifier):
+    x = images(7, 0)
+    whole, batched = judge_images(classifier, x), judge_images(classifier, x, batch_size=3)
+    assert whole.features.shape == (7, 128) and whole.features.dtype == torch.float64
+    assert whole.probabilities.shape == (7, 10)
+    assert torch.allclose(whole.probabilities.sum(1), torch.ones(7))
+    assert torch.allclose(whole.features, batched.features)
+
+
+def test_sample_quality_rows(classifier):
+    rows = sample_quality_rows(classifier, images(20, 1), images(30, 2), images(25, 3), seed=0)
+    assert [row["set"] for row in rows] == [
+        "samples",
+        "real train (floor)",
+        "uniform noise (ceiling)",
+        "real held-out",
+    ]
+    assert all(list(row) == QUALITY_COLUMNS for row in rows)
+    assert [row["n"] for row in rows] == [20, 20, 20, 25]
+    assert [row["frechet_distance"] is None for row in rows] == [False, False, False, True]
+    assert all(row["frechet_distance"] >= 0 for row in rows[:3])
+    assert all(sum(row[f"class_{d}"] for d in range(10)) == row["n"] for row in rows)
+    assert rows == sample_quality_rows(classifier, images(20, 1), images(30, 2), images(25, 3), seed=0)
+    # Fewer training digits than samples: all of them, and n says how many.
+    few = sample_quality_rows(classifier, images(20, 1), images(8, 2), images(25, 3))
+    assert few[1]["n"] == 8
+
+
+def test_sample_quality_rows_with_a_judge_function():
+    """A judge that sees only the mean brightness: the uniform-noise ceiling is as far as the
+    samples, which are noise too, and the real-train floor is close to the reference."""
+
+    def judge(x):
+        brightness = x.flatten(1).mean(1, keepdim=True).double()
+        probabilities = torch.zeros(len(x), 10)
+        probabilities[:, 2] = 1.0
+        return Judgement(torch.cat([brightness, brightness.pow(2)], 1), probabilities)
+
+    real = torch.full((40, 1, 28, 28), -0.8) + 0.01 * images(40, 4)
+    rows = sample_quality_rows(judge, images(30, 5), real, real + 0.001)
+    distances = {row["set"]: row["frechet_distance"] for row in rows}
+    assert distances["real train (floor)"] < 1e-4 < distances["samples"]
+    assert rows[0]["class_2"] == 30 and rows[0]["confident_share"] == 1.0
+
+
+def test_quality_csv_and_json(classifier, tmp_path):
+    rows = sample_quality_rows(classifier, images(10, 1), images(12, 2), images(9, 3))
+    write_csv(rows, tmp_path / "quality.csv")
+    with open(tmp_path / "quality.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [row["set"] for row in table] == [row["set"] for row in rows]
+    assert list(table[0]) == QUALITY_COLUMNS
+    assert table[-1]["frechet_distance"] == ""
+    assert float(table[0]["frechet_distance"]) == pytest.approx(rows[0]["frechet_distance"])
+    write_quality_json(rows, tmp_path / "quality.json", checkpoint="model.pt", seed=0)
+    document = json.loads((tmp_path / "quality.json").read_text())
+    assert document == {"checkpoint": "model.pt", "seed": 0, "rows": rows}
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+
+def assert_png(path):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sample_quality_figure_from_rows_and_from_the_csv(classifier, tmp_path):
+    rows = sample_quality_rows(classifier, images(10, 1), images(12, 2), images(9, 3))
+    plot_sample_quality(rows, tmp_path / "quality.png")
+    assert_png(tmp_path / "quality.png")
+    write_csv(rows, tmp_path / "quality.csv")
+    with open(tmp_path / "quality.csv", newline="") as handle:
+        plot_sample_quality(list(csv.DictReader(handle)), tmp_path / "from_csv.png")
+    assert_png(tmp_path / "from_csv.png")
+
+
+def test_interpolation_metrics_figure(tmp_path):
+    grid = torch.linspace(-1, 1, 5)[None, :, None, None, None].expand(2, 5, 1, 28, 28)
+    rows = [
+        {"variant": variant, **row}
+        for variant in ("ddpm lerp independent", "ddim slerp")
+        for row in interpolation_row_metrics(grid, BrightnessJudge())
+    ]
+    plot_interpolation_metrics(rows, tmp_path / "interp_metrics.png")
+    assert_png(tmp_path / "interp_metrics.png")
+
+
+def test_ddim_fidelity_figure(tmp_path):
+    rows = [
+        {"num_steps": s, "rmse_to_reference": 1 / s, "max_error_to_reference": 3 / s, "seconds": s / 100}
+        for s in (1000, 10, 50, 250)
+    ]
+    plot_ddim_fidelity(rows, tmp_path / "ddim_fidelity.png")
+    assert_png(tmp_path / "ddim_fidelity.png")

@@ -1,0 +1,94 @@
+"""The quality rules inside the real workflow: the tiny run's tables, pictures and report."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from PIL import Image
+
+from conftest import run_snakemake, tiny_config
+
+TILE = 28 + 2  # torchvision's make_grid pads each tile by 2 pixels
+
+
+def rows(path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_classifier_summary_reports_held_out_accuracy(tiny_run):
+    summary = json.loads((tiny_run / "results/classifier/summary.json").read_text())
+    assert summary["heldout_size"] == 10 * tiny_config()["data"]["heldout_per_class"]
+    # One epoch already beats chance by far; the default eight reach 97 % and more.
+    assert 0.5 < summary["heldout_accuracy"] <= 1
+
+
+def test_sample_quality_table_has_floor_samples_and_ceiling(tiny_run):
+    settings = tiny_config()["quality"]
+    table = {row["set"]: row for row in rows(tiny_run / "results/quality/sample_quality.csv")}
+    assert list(table) == ["samples", "real train (floor)", "uniform noise (ceiling)", "real held-out"]
+    assert int(table["samples"]["n"]) == settings["num_samples"]
+    assert int(table["real held-out"]["n"]) == 10 * tiny_config()["data"]["heldout_per_class"]
+    floor = float(table["real train (floor)"]["frechet_distance"])
+    ceiling = float(table["uniform noise (ceiling)"]["frechet_distance"])
+    assert 0 <= floor < ceiling
+    for row in table.values():
+        assert sum(int(row[f"class_{k}"]) for k in range(10)) == int(row["n"])
+        assert 0 <= float(row["confident_share"]) <= 1
+    saved = json.loads((tiny_run / "results/quality/sample_quality.json").read_text())
+    assert saved["num_samples"] == settings["num_samples"] and saved["ddim_steps"] == settings["ddim_steps"]
+    with Image.open(tiny_run / "results/quality/samples.png") as image:
+        # 12 samples, 10 per row: two rows of tiles.
+        assert image.size == (10 * TILE + 2, 2 * TILE + 2)
+
+
+def test_interpolation_metrics_cover_every_variant_and_row(tiny_run):
+    config = tiny_config()
+    table = rows(tiny_run / "results/quality/interpolation_metrics.csv")
+    variants = config["quality"]["interpolation_variants"]
+    assert [row["variant"] for row in table] == [
+        v for v in variants for _ in range(config["interpolation"]["n"])
+    ]
+    steps = config["interpolation"]["steps"]
+    for row in table:
+        assert float(row["max_step"]) >= float(row["mean_step"]) >= 0
+        assert 0 <= int(row["label_changes"]) <= steps - 1
+        assert 0 <= float(row["on_manifold_rate"]) <= 1
+
+
+def test_ddim_fidelity_reference_is_exact_and_inversion_covers_each_step_count(tiny_run):
+    settings = tiny_config()["fidelity"]
+    sweep = rows(tiny_run / "results/quality/ddim_fidelity.csv")
+    assert [int(row["num_steps"]) for row in sweep] == sorted(settings["num_steps"])
+    assert float(sweep[-1]["rmse_to_reference"]) == 0
+    assert all(float(row["seconds"]) > 0 for row in sweep)
+    inversion = rows(tiny_run / "results/quality/ddim_inversion.csv")
+    assert [int(row["num_steps"]) for row in inversion] == sorted(settings["num_steps"])
+    assert {int(row["images"]) for row in inversion} == {settings["inversion_images"]}
+
+
+def test_real_digit_grid_has_a_row_per_pair_and_the_real_digits_at_both_ends(tiny_run):
+    config = tiny_config()
+    with Image.open(tiny_run / "results/interp_real.png") as image:
+        pairs = len(config["real_interpolation"]["pairs"])
+        assert image.size == ((config["interpolation"]["steps"] + 2) * TILE + 2, pairs * TILE + 2)
+
+
+def test_report_holds_every_category_and_figure(tiny_run, tmp_path):
+    report = tmp_path / "report.html"
+    result = run_snakemake(tiny_run, "--report", str(report))
+    assert result.returncode == 0, result.stderr
+    html = report.read_text()
+    for needle in (
+        "Loss",
+        "Interpolation",
+        "Quality",
+        "Training",
+        "interp_real.png",
+        "sample_quality.png",
+        "interpolation_metrics.png",
+        "ddim_fidelity.png",
+        "timestep_loss.png",
+    ):
+        assert needle in html, needle

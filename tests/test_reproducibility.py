@@ -91,4 +91,4 @@ def test_a_run_killed_during_a_grid_leaves_no_output_and_resumes(tmp_path):
     )
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "results/interp.png").stat().st_size > 0
-    assert "rule train" not in again.stdout + again.stderr  # finished work was not redone
+    assert "rule train:" not in again.stdout + again.stderr  # finished work was not redone

@@ -24,10 +24,36 @@ from diffusion_diagnostics.unet import UNet
 from conftest import planned_jobs, run_snakemake, tiny_config
 
 MODELS = ("given", "small")
-PER_MODEL_OUTPUTS = ["timestep_loss.csv", "timestep_loss.png", "interp.png", "interp_ddim.png"]
+PER_MODEL_OUTPUTS = [
+    "timestep_loss.csv",
+    "timestep_loss.png",
+    "interp.png",
+    "interp_ddim.png",
+    "interp_real.png",
+    "quality/sample_quality.csv",
+    "quality/interpolation_metrics.csv",
+    "quality/ddim_fidelity.csv",
+]
 COMPARE_CSV = "results/compare/timestep_loss.csv"
 COMPARE_PNG = "results/compare/timestep_loss.png"
-MODEL_RULES = {"train", "timestep_loss", "interpolation_grid_ddpm", "interpolation_grid_ddim"}
+MODEL_RULES = {
+    "train",
+    "timestep_loss",
+    "interpolation_samples",
+    "train_classifier",
+    "sample_quality",
+    "ddim_fidelity",
+    "interpolate_real_digits",
+}
+# Once per model; train only for a model without a checkpoint, the classifier once for all.
+PER_MODEL_RULES = (MODEL_RULES - {"train", "train_classifier", "interpolation_samples"}) | {
+    "plot_timestep_loss",
+    "interpolation_grid_ddpm",
+    "interpolation_grid_ddim",
+    "interpolation_metrics",
+}
+# Grids decoded per model: the tiny config's metric variants and the DDIM picture's grid.
+GRIDS_PER_MODEL = 4
 # Overrides merged over the tiny config's model and train settings for the trained model.
 SMALL_OVERRIDES = {"model": {"base_channels": 4}, "train": {"seed": 1, "steps": 3}}
 
@@ -169,8 +195,14 @@ def test_dry_run_plans_one_job_per_model_and_rule(tmp_path):
         "train": 1,  # `given` has its checkpoint
         "timestep_loss": 2,
         "plot_timestep_loss": 2,
+        "interpolation_samples": 2 * GRIDS_PER_MODEL,
         "interpolation_grid_ddpm": 2,
         "interpolation_grid_ddim": 2,
+        "train_classifier": 1,  # one judge for all models
+        "sample_quality": 2,
+        "interpolation_metrics": 2,
+        "ddim_fidelity": 2,
+        "interpolate_real_digits": 2,
         "compare_timestep_loss": 1,
         "all": 1,
     }
@@ -178,8 +210,10 @@ def test_dry_run_plans_one_job_per_model_and_rule(tmp_path):
     for job in jobs:
         if job.rule != "all":
             assert ("gpu=1" in job.block) == (job.rule in MODEL_RULES), job.block
-    for rule in (MODEL_RULES - {"train"}) | {"plot_timestep_loss"}:
+    for rule in PER_MODEL_RULES:
         assert sorted(job.model for job in jobs if job.rule == rule) == sorted(MODELS), rule
+    decoded = sorted(job.model for job in jobs if job.rule == "interpolation_samples")
+    assert decoded == sorted(MODELS * GRIDS_PER_MODEL)
 
     # No job of one model needs (directly or not) a job of another: a cluster runs them side by side.
     producer = {path: job for job in jobs for path in job.outputs}

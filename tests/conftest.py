@@ -44,6 +44,20 @@ OUTPUTS = [
 ]
 
 
+# The rules that run the model: each claims `resources: gpu=1` (a GPU job on SLURM).
+GPU_RULES = frozenset(
+    {
+        "train",
+        "timestep_loss",
+        "interpolation_samples",
+        "train_classifier",
+        "sample_quality",
+        "ddim_fidelity",
+        "interpolate_real_digits",
+    }
+)
+
+
 def tiny_unet(seed: int = 0):
     """A tiny UNet with random weights everywhere: the zero-initialised output layer is re-drawn,
     otherwise the network would be the constant zero predictor."""

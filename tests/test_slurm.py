@@ -33,7 +33,7 @@ import yaml
 from diffusion_diagnostics.checkpoint import save_checkpoint
 from diffusion_diagnostics.unet import UNet
 
-from conftest import OUTPUTS, REPO, TINY_CONFIG
+from conftest import GPU_RULES, OUTPUTS, REPO, TINY_CONFIG
 
 pytestmark = pytest.mark.slurm
 
@@ -42,15 +42,6 @@ PROFILE = REPO / "profiles" / "slurm"
 START_SCRIPT = REPO / "tests" / "slurm" / "start-cluster.sh"
 STOP_SCRIPT = REPO / "tests" / "slurm" / "stop-cluster.sh"
 
-GPU_RULES = {
-    "train",
-    "timestep_loss",
-    "interpolation_samples",
-    "train_classifier",
-    "sample_quality",
-    "ddim_fidelity",
-    "interpolate_real_digits",
-}
 CPU_RULES = {
     "noise_endpoints",
     "plot_timestep_loss",

@@ -21,7 +21,7 @@ from diffusion_diagnostics.errors import DiagnosticsError
 from diffusion_diagnostics.plots import plot_timestep_loss_comparison
 from diffusion_diagnostics.unet import UNet
 
-from conftest import planned_jobs, run_snakemake, tiny_config
+from conftest import GPU_RULES, planned_jobs, run_snakemake, tiny_config
 
 MODELS = ("given", "small")
 PER_MODEL_OUTPUTS = [
@@ -36,17 +36,8 @@ PER_MODEL_OUTPUTS = [
 ]
 COMPARE_CSV = "results/compare/timestep_loss.csv"
 COMPARE_PNG = "results/compare/timestep_loss.png"
-MODEL_RULES = {
-    "train",
-    "timestep_loss",
-    "interpolation_samples",
-    "train_classifier",
-    "sample_quality",
-    "ddim_fidelity",
-    "interpolate_real_digits",
-}
 # Once per model; train only for a model without a checkpoint, the classifier once for all.
-PER_MODEL_RULES = (MODEL_RULES - {"train", "train_classifier", "interpolation_samples"}) | {
+PER_MODEL_RULES = (GPU_RULES - {"train", "train_classifier", "interpolation_samples"}) | {
     "plot_timestep_loss",
     "interpolation_grid_ddpm",
     "interpolation_grid_ddim",
@@ -209,7 +200,7 @@ def test_dry_run_plans_one_job_per_model_and_rule(tmp_path):
     jobs = dry_run_jobs(output)
     for job in jobs:
         if job.rule != "all":
-            assert ("gpu=1" in job.block) == (job.rule in MODEL_RULES), job.block
+            assert ("gpu=1" in job.block) == (job.rule in GPU_RULES), job.block
     for rule in PER_MODEL_RULES:
         assert sorted(job.model for job in jobs if job.rule == rule) == sorted(MODELS), rule
     decoded = sorted(job.model for job in jobs if job.rule == "interpolation_samples")

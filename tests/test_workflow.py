@@ -13,17 +13,7 @@ from PIL import Image
 from diffusion_diagnostics.checkpoint import load_checkpoint, save_checkpoint
 from diffusion_diagnostics.unet import UNet
 
-from conftest import OUTPUTS, planned_jobs, run_snakemake, tiny_config
-
-MODEL_RULES = [
-    "train",
-    "timestep_loss",
-    "interpolation_samples",
-    "train_classifier",
-    "sample_quality",
-    "ddim_fidelity",
-    "interpolate_real_digits",
-]
+from conftest import GPU_RULES, OUTPUTS, planned_jobs, run_snakemake, tiny_config
 
 
 def test_full_run_produces_every_output(tiny_run):
@@ -109,7 +99,7 @@ def test_model_rules_claim_one_gpu(tmp_path):
     for block in re.split(r"\n(?=(?:local)?rule )", output):
         header = re.match(r"(?:local)?rule (\w+):", block)
         if header and header.group(1) != "all":
-            assert ("gpu=1" in block) == (header.group(1) in MODEL_RULES), block
+            assert ("gpu=1" in block) == (header.group(1) in GPU_RULES), block
 
 
 def test_users_checkpoint_is_used_and_never_touched(tmp_path):

@@ -1,6 +1,7 @@
 # Each of these does all the set-up it needs on a fresh machine:
 #   make run    create .venv if missing, install the package, run the whole workflow
 #   make test   the same with the test extras, then the test suite (what CI runs)
+#   make report the HTML report of a finished run: results/report.html
 #   make bench  the speed benchmark of BENCHMARKS.md (installs the bench extra: diffusers)
 # Inside an activated environment the plain snakemake commands of the README work as well.
 
@@ -9,7 +10,7 @@ VENV ?= .venv
 CORES ?= all
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run report test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,9 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.installed-run
 	$(BIN)/snakemake --cores $(CORES) --resources gpu=1
+
+report: $(VENV)/.installed-run
+	$(BIN)/snakemake --report results/report.html
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest

@@ -17,7 +17,13 @@ from diffusion_diagnostics import (
     interpolation_grid,
     save_grid,
 )
-from diffusion_diagnostics.interpolation import interpolate_real, select_pairs
+from diffusion_diagnostics.interpolation import (
+    interpolate_real,
+    load_endpoints,
+    load_grid_images,
+    save_grid_images,
+    select_pairs,
+)
 
 from conftest import tiny_unet
 
@@ -400,3 +406,19 @@ def test_interpolate_real_rows_start_and_end_with_the_real_digits():
     noise = diffusion.ddim_invert(torch.cat([x_a, x_b]), T)
     torch.testing.assert_close(rows[:, 1], diffusion.sample_ddim(noise[:2], T), rtol=0, atol=1e-5)
     torch.testing.assert_close(rows[:, 4], diffusion.sample_ddim(noise[2:], T), rtol=0, atol=1e-5)
+
+
+def test_saved_grid_images_round_trip_and_a_bad_file_names_its_rule(tmp_path):
+    images = torch.rand(2, 3, 1, 28, 28) * 2 - 1
+    save_grid_images(tmp_path / "grid.pt", images)
+    assert torch.equal(load_grid_images(tmp_path / "grid.pt"), images)
+    (tmp_path / "bad.pt").write_bytes(b"not a grid")
+    (tmp_path / "endpoints.pt").write_bytes((tmp_path / "grid.pt").read_bytes())
+    for name, problem in [("bad.pt", "not a readable PyTorch file"), ("missing.pt", "no such file")]:
+        with pytest.raises(DiagnosticsError) as error:
+            load_grid_images(tmp_path / name)
+        message = str(error.value)
+        assert "\n" not in message and name in message and problem in message
+        assert message.endswith("rerun the interpolation_samples rule")
+    with pytest.raises(DiagnosticsError, match="rerun the noise_endpoints rule$"):
+        load_endpoints(tmp_path / "endpoints.pt")  # a grid is not an endpoint file

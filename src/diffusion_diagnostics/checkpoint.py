@@ -55,13 +55,14 @@ def _first_line(error: Exception) -> str:
 
 
 def read_tagged_file(
-    path: Path, fmt: str, version: int, expected: str, what: str = "checkpoint", remedy: str = ""
+    path: Path, fmt: str, version: int | None, expected: str, what: str = "checkpoint", remedy: str = ""
 ) -> dict:
     """Load a dict saved by this package whose ``format`` is ``fmt``, safely (weights only).
 
     Every bad file (missing, empty, corrupt, foreign, holding code, another version) is one
     DiagnosticsError line naming ``what`` and the file, saying what was ``expected`` and, where
-    given, the ``remedy``.
+    given, the ``remedy``. ``version`` None: the format has no versions (the workflow's own
+    intermediate files).
     """
     tail = f"; {remedy}" if remedy else ""
     if not path.is_file():
@@ -92,7 +93,7 @@ def read_tagged_file(
         raise DiagnosticsError(
             f"{what} {path}: not a diffusion-diagnostics {what} (found {keys}); {expected}{tail}"
         )
-    if payload.get("version") != version:
+    if version is not None and payload.get("version") != version:
         raise DiagnosticsError(
             f"{what} {path}: format version {payload.get('version')} is not supported "
             f"(this package reads version {version}){tail}"

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torchvision.utils import save_image
 
+from .checkpoint import read_tagged_file
 from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError
 from .files import atomic_output, save_torch
@@ -206,13 +208,11 @@ def load_grid_images(path: str | os.PathLike) -> torch.Tensor:
 
 
 def _load_tagged(path: str | os.PathLike, tag: str, rule: str) -> dict:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        if payload.get("format") != tag:
-            raise ValueError(f"format is {payload.get('format')!r}")
-        return payload
-    except Exception as error:
-        raise DiagnosticsError(f"{path} is unreadable ({error}); rerun the {rule} rule") from None
+    """A file of the workflow's own, with one-line errors that name the rule that rewrites it."""
+    expected = f"expected the {rule} rule's output"
+    return read_tagged_file(
+        Path(path), tag, None, expected, what=f"{rule} output", remedy=f"rerun the {rule} rule"
+    )
 
 
 # --- endpoints -----------------------------------------------------------------------------

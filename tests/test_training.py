@@ -9,10 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from diffusion_diagnostics.checkpoint import load_checkpoint
-from diffusion_diagnostics.training import EpochSampler, TrainConfig, train
+from diffusion_diagnostics.training import EpochSampler, TrainConfig, learning_rate_factor, train
 
 MODEL = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "dropout": 0.0}
 SCHEDULE = {"timesteps": 20, "beta_start": 1e-3, "beta_end": 0.2, "clip_x0": True}
@@ -22,9 +23,18 @@ def images(count: int, seed: int) -> torch.Tensor:
     return torch.rand((count, 1, 28, 28), generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def run(tmp_path, name: str, steps: int, state_name: str = "state.pt"):
+def run(tmp_path, name: str, steps: int, state_name: str = "state.pt", **settings):
     config = TrainConfig(
-        steps=steps, batch_size=8, warmup_steps=2, val_every=4, val_size=16, save_every=2, log_every=2
+        **{
+            "steps": steps,
+            "batch_size": 8,
+            "warmup_steps": 2,
+            "val_every": 4,
+            "val_size": 16,
+            "save_every": 2,
+            "log_every": 2,
+            **settings,
+        }
     )
     summary = train(
         images(40, 0),
@@ -89,6 +99,27 @@ def test_a_longer_budget_continues_the_same_run(tmp_path):
     with open(tmp_path / "short.csv") as handle:
         assert rows[:6] == list(csv.DictReader(handle))  # the first six steps were not redone
     assert summary["steps"] == 10
+
+
+def test_learning_rate_warms_up_holds_and_cools_down_linearly():
+    config = TrainConfig(steps=10, warmup_steps=2, cooldown_steps=4)
+    factors = [learning_rate_factor(step, config) for step in range(10)]
+    assert factors == [0.5, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25]
+    constant = TrainConfig(steps=10, warmup_steps=2)
+    assert [learning_rate_factor(step, constant) for step in range(10)] == [0.5] + [1.0] * 9
+
+
+def test_a_constant_run_resumes_with_a_cooldown_added(tmp_path):
+    run(tmp_path, "stable", steps=6)
+    run(tmp_path, "cooled", steps=10, cooldown_steps=4)
+    with open(tmp_path / "cooled.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(tmp_path / "stable.csv") as handle:
+        assert rows[:6] == list(csv.DictReader(handle))  # resumed, not retrained
+    # The logged rate is the one the next step will use: lr x (steps - done) / cooldown_steps.
+    logged = {int(r["step"]): float(r["lr"]) for r in rows if r["lr"]}
+    assert logged[8] == pytest.approx(1e-3 * 2 / 4)
+    assert logged[10] == 0.0
 
 
 def test_history_has_a_row_per_step_and_validation_rows(tmp_path):

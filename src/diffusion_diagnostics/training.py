@@ -39,6 +39,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
+    cooldown_steps: int = 0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     val_every: int = 250
@@ -49,9 +50,13 @@ class TrainConfig:
 
 
 def fingerprint(model_config: dict, diffusion_config: dict, config: TrainConfig, data_sha: str) -> str:
-    """Identifies a run up to its length, so that a longer ``steps`` resumes a shorter run."""
+    """Identifies a run up to its length, so that a longer ``steps`` resumes a shorter run.
+
+    The cool-down belongs to the length: it is where the budget ends, so a run trained at a
+    constant rate can be resumed with a cool-down added (as warm-up/stable/decay schedules do).
+    """
     settings = asdict(config)
-    for free in ("steps", "val_every", "save_every", "log_every"):
+    for free in ("steps", "cooldown_steps", "val_every", "save_every", "log_every"):
         settings.pop(free)
     text = json.dumps([model_config, diffusion_config, settings, data_sha], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -98,8 +103,18 @@ def validation_loss(diffusion: DiffusionProcess, x0, t, noise, batch_size: int =
     return total.item() / noise.numel()
 
 
-def _learning_rate_factor(step: int, warmup_steps: int) -> float:
-    return min(1.0, (step + 1) / max(1, warmup_steps))
+def learning_rate_factor(step: int, config: TrainConfig) -> float:
+    """The multiple of ``lr`` for 0-based ``step``: linear warm-up, constant, linear cool-down.
+
+    The cool-down takes the rate linearly towards zero over the last ``cooldown_steps`` steps
+    (warm-up/stable/decay, Hägele et al. 2024, "Scaling Laws and Compute-Optimal Training Beyond
+    Fixed Training Durations"); the last step still runs at lr / cooldown_steps.
+    """
+    warmup = min(1.0, (step + 1) / max(1, config.warmup_steps))
+    remaining = config.steps - step
+    if config.cooldown_steps > 0 and remaining <= config.cooldown_steps:
+        return warmup * max(remaining, 0) / config.cooldown_steps
+    return warmup
 
 
 def train(
@@ -130,7 +145,7 @@ def train(
     ema_diffusion = DiffusionProcess(ema_model, **diffusion_config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _learning_rate_factor(step, config.warmup_steps)
+        optimizer, lambda step: learning_rate_factor(step, config)
     )
     draws = torch.Generator(device=device).manual_seed(config.seed + 1)
     sampler = EpochSampler(len(train_images), config.batch_size, config.seed)

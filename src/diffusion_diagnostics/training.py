@@ -144,9 +144,7 @@ def train(
     diffusion = DiffusionProcess(model, **diffusion_config).to(device)
     ema_diffusion = DiffusionProcess(ema_model, **diffusion_config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: learning_rate_factor(step, config)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
     draws = torch.Generator(device=device).manual_seed(config.seed + 1)
     sampler = EpochSampler(len(train_images), config.batch_size, config.seed)
     val_x0, val_t, val_noise = validation_batch(

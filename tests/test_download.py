@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from diffusion_diagnostics import DiagnosticsError
-from diffusion_diagnostics.data import load_full_mnist, load_source, save_splits
+from diffusion_diagnostics.data import load_full_mnist, load_source, load_split, save_splits
 
 NAMES = (
     "train-images-idx3-ubyte",
@@ -147,3 +147,18 @@ def test_auto_with_every_mirror_down_falls_back_to_the_subset_loudly(tmp_path, c
     assert manifest["requested_source"] == "auto" and manifest["source"] == "mnist-5k"
     assert "fallback_reason" in manifest["origin"]
     assert manifest["splits"] == {"train": 4950, "heldout": 50}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign object"])
+def test_a_damaged_split_is_one_error_line_naming_the_rule_to_rerun(tmp_path, damage):
+    path = tmp_path / "heldout.pt"
+    if damage == "truncated":
+        torch.save({"images": torch.zeros(4, 28, 28, dtype=torch.uint8)}, path)
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        torch.save({"images": Path("x"), "labels": torch.zeros(1)}, path)  # weights_only refuses it
+    with pytest.raises(DiagnosticsError) as error:
+        load_split(path)
+    message = str(error.value)
+    assert "\n" not in message
+    assert str(path) in message and "rerun the download_mnist rule" in message

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .diffusion import DiffusionProcess
-from .errors import DiagnosticsError
+from .errors import DiagnosticsError, first_line
 from .files import save_torch
 from .unet import UNet
 
@@ -49,11 +49,6 @@ def save_checkpoint(
     save_torch(payload, path)
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def read_tagged_file(
     path: Path, fmt: str, version: int | None, expected: str, what: str = "checkpoint", remedy: str = ""
 ) -> dict:
@@ -86,7 +81,7 @@ def read_tagged_file(
     except Exception as error:  # noqa: BLE001 - arbitrary bytes fail in arbitrary ways
         raise DiagnosticsError(
             f"{what} {path}: not a readable PyTorch file, truncated or corrupt "
-            f"({_first_line(error)}); {expected}{tail}"
+            f"({first_line(error)}); {expected}{tail}"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         keys = ", ".join(list(payload)[:5]) if isinstance(payload, dict) else type(payload).__name__

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from .errors import DiagnosticsError
+from .errors import DiagnosticsError, first_line
 from .files import atomic_output, save_torch, sha256
 
 log = logging.getLogger(__name__)
@@ -171,9 +171,9 @@ def load_split(path: str | os.PathLike) -> TensorDataset:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         images, labels = payload["images"], payload["labels"]
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - a damaged file fails in arbitrary ways
         raise DiagnosticsError(
-            f"data split {path} is unreadable ({error}); rerun the download_mnist rule"
+            f"data split {path} is unreadable ({first_line(error)}); rerun the download_mnist rule"
         ) from None
     return TensorDataset(to_model_range(images), labels)
 

@@ -3,19 +3,17 @@ inverted to noise and decoded back."""
 
 import logging
 
-from diffusion_diagnostics.checkpoint import load_checkpoint
 from diffusion_diagnostics.data import load_split
 from diffusion_diagnostics.fidelity import ddim_step_sweep, inversion_reconstruction
 from diffusion_diagnostics.files import write_csv
 from diffusion_diagnostics.interpolation import load_endpoints
 from diffusion_diagnostics.plots import plot_ddim_fidelity
-from diffusion_diagnostics.runtime import resolve_device
-from diffusion_diagnostics.workflow import run_rule
+from diffusion_diagnostics.workflow import load_sampling_model, run_rule
 
 
 def main(snakemake):
     settings, interpolation = snakemake.params.settings, snakemake.params.interpolation
-    diffusion, _ = load_checkpoint(snakemake.input.model, resolve_device(snakemake.params.device))
+    diffusion = load_sampling_model(snakemake)
     diffusion.clip_x0 = interpolation["clip_x0"]
     z0, z1 = load_endpoints(snakemake.input.endpoints)
     sweep = ddim_step_sweep(

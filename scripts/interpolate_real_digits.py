@@ -2,16 +2,14 @@
 
 import logging
 
-from diffusion_diagnostics.checkpoint import load_checkpoint
 from diffusion_diagnostics.data import load_split
 from diffusion_diagnostics.interpolation import interpolate_real, save_grid, select_pairs
-from diffusion_diagnostics.runtime import resolve_device
-from diffusion_diagnostics.workflow import run_rule
+from diffusion_diagnostics.workflow import load_sampling_model, run_rule
 
 
 def main(snakemake):
     settings, steps = snakemake.params.settings, snakemake.params.steps
-    diffusion, _ = load_checkpoint(snakemake.input.model, resolve_device(snakemake.params.device))
+    diffusion = load_sampling_model(snakemake)
     images, labels = load_split(snakemake.input.heldout).tensors
     first, second = select_pairs(labels, settings["pairs"], settings["select"])
     logging.info("held-out pairs %s", list(zip(first, second, strict=True)))

@@ -5,26 +5,22 @@ import logging
 
 import torch
 
-from diffusion_diagnostics.checkpoint import load_checkpoint
 from diffusion_diagnostics.interpolation import interpolation_grid, load_endpoints, save_grid_images
-from diffusion_diagnostics.runtime import resolve_device
-from diffusion_diagnostics.workflow import run_rule
+from diffusion_diagnostics.workflow import load_sampling_model, run_rule
 
 
 def main(snakemake):
     settings, wildcards = snakemake.params.settings, snakemake.wildcards
-    device = resolve_device(snakemake.params.device)
-    diffusion, _ = load_checkpoint(snakemake.input.model, device)
+    diffusion = load_sampling_model(snakemake)
     diffusion.clip_x0 = settings["clip_x0"]
     z0, z1 = load_endpoints(snakemake.input.endpoints)
     logging.info(
-        "%s %s grid (%s per-step noise): %d rows x %d columns on %s",
+        "%s %s grid (%s per-step noise): %d rows x %d columns",
         wildcards.sampler,
         wildcards.method,
         wildcards.noise,
         len(z0),
         settings["steps"],
-        device,
     )
     images = interpolation_grid(
         diffusion,
@@ -36,7 +32,7 @@ def main(snakemake):
         eta=settings["ddim"]["eta"],
         interpolation=wildcards.method,
         batch_size=settings["batch_size"],
-        generator=torch.Generator(device).manual_seed(settings["sampling_seed"]),
+        generator=torch.Generator(diffusion.device).manual_seed(settings["sampling_seed"]),
         shared_noise=wildcards.noise == "shared",
     )
     save_grid_images(snakemake.output.images, images.reshape(len(z0), settings["steps"], *images.shape[1:]))

@@ -3,7 +3,6 @@ real training digits (the floor) and uniform noise (the ceiling) in the same tab
 
 import logging
 
-from diffusion_diagnostics.checkpoint import load_checkpoint
 from diffusion_diagnostics.classifier import load_classifier
 from diffusion_diagnostics.data import load_split
 from diffusion_diagnostics.files import write_csv
@@ -14,18 +13,16 @@ from diffusion_diagnostics.quality import (
     sample_quality_rows,
     write_quality_json,
 )
-from diffusion_diagnostics.runtime import resolve_device
-from diffusion_diagnostics.workflow import run_rule
+from diffusion_diagnostics.workflow import load_sampling_model, run_rule
 
 PREVIEW = 100  # samples shown in samples.png, 10 per row
 
 
 def main(snakemake):
     settings = snakemake.params.settings
-    device = resolve_device(snakemake.params.device)
-    diffusion, _ = load_checkpoint(snakemake.input.model, device)
+    diffusion = load_sampling_model(snakemake)
     diffusion.clip_x0 = settings["clip_x0"]
-    classifier, _ = load_classifier(snakemake.input.classifier, device)
+    classifier, _ = load_classifier(snakemake.input.classifier, diffusion.device)
     samples = draw_samples(
         diffusion, settings["num_samples"], settings["ddim_steps"], settings["batch_size"], settings["seed"]
     )
@@ -44,6 +41,7 @@ def main(snakemake):
         rows,
         snakemake.output.json,
         model=str(snakemake.input.model),
+        precision=snakemake.params.precision,
         **{key: settings[key] for key in ("num_samples", "ddim_steps", "clip_x0", "seed", "confidence")},
     )
     plot_sample_quality(rows, snakemake.output.png)

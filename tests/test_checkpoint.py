@@ -12,7 +12,7 @@ from torch import nn
 
 from diffusion_diagnostics import DiagnosticsError, DiffusionProcess, UNet, load_checkpoint, save_checkpoint
 from diffusion_diagnostics.checkpoint import FORMAT, VERSION
-from diffusion_diagnostics.runtime import keep_freed_memory, resolve_device
+from diffusion_diagnostics.runtime import autocast_dtype, keep_freed_memory, resolve_device
 
 DIFFUSION_CONFIG = {"timesteps": 20, "beta_start": 1e-3, "beta_end": 0.2, "clip_x0": False}
 TRAINING = {"best_step": 6, "best_val_loss": 0.25, "run_id": "0123abcd", "config": {"lr": 1e-3, "steps": 6}}
@@ -260,3 +260,10 @@ def test_unknown_device_names(spec):
 
 def test_keep_freed_memory_says_whether_it_took_effect():
     assert isinstance(keep_freed_memory(), bool)
+
+
+def test_precision_names():
+    assert autocast_dtype("float32") is None
+    assert autocast_dtype("bfloat16") is torch.bfloat16
+    with pytest.raises(DiagnosticsError, match="precision 'float16' is not one of float32, bfloat16"):
+        autocast_dtype("float16")

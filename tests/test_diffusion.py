@@ -392,6 +392,41 @@ def test_unet_output_does_not_depend_on_autograd_or_layout():
     assert torch.equal(with_grad.detach(), without)
 
 
+def test_bf16_autocast_runs_the_network_in_bf16_and_the_sampler_in_float32():
+    """precision: bfloat16. The network's convolutions compute in bf16, so ε moves by bf16's
+    rounding (a few per cent of its scale, not more); ε and every returned image stay float32.
+    Unset, the convolutions stay float32."""
+    model = tiny_unet()
+    diffusion = DiffusionProcess(model, timesteps=20, beta_start=1e-3, beta_end=0.2)
+    conv_dtypes = set()
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            module.register_forward_hook(lambda _module, _inputs, out: conv_dtypes.add(out.dtype))
+    x_T = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([19, 10, 3, 0])
+    with torch.inference_mode():
+        eps_float32 = diffusion._model_eps(x_T, t)
+        reference = diffusion.sample_ddim(x_T, 5)
+    assert conv_dtypes == {torch.float32}
+
+    conv_dtypes.clear()
+    diffusion.autocast_dtype = torch.bfloat16
+    with torch.inference_mode():
+        eps_bf16 = diffusion._model_eps(x_T, t)
+    assert conv_dtypes == {torch.bfloat16}
+    assert eps_bf16.dtype == torch.float32
+    error = (eps_bf16 - eps_float32).abs().max().item()
+    assert 0 < error < 0.05 * eps_float32.abs().max().item()
+
+    outputs = [
+        diffusion.sample_ddim(x_T, 5),
+        diffusion.sample(x_T, generator=torch.Generator().manual_seed(1)),
+        diffusion.ddim_invert(x_T.clamp(-1, 1), 5),
+    ]
+    assert all(out.dtype == torch.float32 and torch.isfinite(out).all() for out in outputs)
+    assert 0 < (outputs[0] - reference).abs().max() < 0.1
+
+
 @pytest.mark.parametrize("num_steps", [T_GAUSS, 250])
 def test_ddim_inversion_round_trip(num_steps):
     diffusion = gaussian_diffusion()

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
+import torch
 from PIL import Image
 
-from conftest import run_snakemake, tiny_config
+from diffusion_diagnostics.interpolation import load_grid_images
+
+from conftest import planned_jobs, run_snakemake, tiny_config
 
 TILE = 28 + 2  # torchvision's make_grid pads each tile by 2 pixels
 
@@ -92,3 +96,38 @@ def test_report_holds_every_category_and_figure(tiny_run, tmp_path):
         "timestep_loss.png",
     ):
         assert needle in html, needle
+
+
+def test_bfloat16_precision_reruns_exactly_the_sampling_rules(tiny_run, tmp_path):
+    """precision is a parameter of the rules that sample: switching it reruns those (and what
+    renders or scores their output), never training, the loss analysis or the judge."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, symlinks=True)
+    config = {**tiny_config(), "precision": "bfloat16"}
+    plan = run_snakemake(run, "-n", config=config)
+    assert plan.returncode == 0, plan.stderr
+    jobs = planned_jobs(plan.stdout)
+    # One grid per scored variant, and the two pictured grids (the configured method).
+    method = tiny_config()["interpolation"]["method"]
+    grids = {*tiny_config()["quality"]["interpolation_variants"]}
+    grids |= {f"{sampler}-{method}-independent" for sampler in ("ddpm", "ddim")}
+    assert jobs.pop("interpolation_samples") == len(grids)
+    assert set(jobs) == {
+        "all",
+        "sample_quality",
+        "ddim_fidelity",
+        "interpolate_real_digits",
+        "interpolation_grid_ddpm",
+        "interpolation_grid_ddim",
+        "interpolation_metrics",
+    }
+
+    grid = "results/interpolation/ddim-lerp-independent.pt"
+    float32_grid = load_grid_images(run / grid)
+    result = run_snakemake(run, "--cores", "2", "results/quality/sample_quality.json", grid, config=config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads((run / "results/quality/sample_quality.json").read_text())["precision"] == "bfloat16"
+    assert "forward passes in bfloat16" in (run / "logs/sample_quality.log").read_text()
+    bf16_grid = load_grid_images(run / grid)
+    assert bf16_grid.dtype == float32_grid.dtype and bf16_grid.shape == float32_grid.shape
+    assert not torch.equal(bf16_grid, float32_grid)

@@ -79,6 +79,10 @@ class DiffusionProcess(nn.Module):
         self.beta_start = beta_start
         self.beta_end = beta_end
         self.clip_x0 = clip_x0
+        # bfloat16: the network's forward passes run under autocast (faster where the hardware has
+        # bf16 matrix units: GPUs, CPUs with AMX), ε comes back as float32 and the sampler's own
+        # arithmetic stays float32. None: everything float32. A run-time choice, not saved.
+        self.autocast_dtype: torch.dtype | None = None
         self.sample_shape = tuple(sample_shape or getattr(model, "sample_shape", (1, 28, 28)))
 
         # Computed in float64 so that ᾱ_t near t = T keeps its digits, then stored as float32.
@@ -121,7 +125,11 @@ class DiffusionProcess(nn.Module):
     def _model_eps(
         self, x_t: torch.Tensor, t: torch.Tensor, watch: NonFiniteWatch | None = None
     ) -> torch.Tensor:
-        eps = self.model(x_t, t)
+        if self.autocast_dtype is None:
+            eps = self.model(x_t, t)
+        else:
+            with torch.autocast(x_t.device.type, dtype=self.autocast_dtype):
+                eps = self.model(x_t, t).float()
         if watch is not None:
             # The model's own output, since clipping x̂_0 can hide an Inf in ε from x.
             watch.update(eps, t[0])

@@ -37,6 +37,17 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
+# The workflow's `precision` choices: the dtype the network's forward passes run in while sampling.
+AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype for a `precision` name (None: plain float32)."""
+    if precision not in AUTOCAST_DTYPES:
+        raise DiagnosticsError(f"precision '{precision}' is not one of {', '.join(AUTOCAST_DTYPES)}")
+    return AUTOCAST_DTYPES[precision]
+
+
 def keep_freed_memory() -> bool:
     """Let glibc keep freed memory for reuse instead of giving it back to the OS at once.
 

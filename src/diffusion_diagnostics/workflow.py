@@ -9,8 +9,10 @@ from collections.abc import Callable
 
 import torch
 
+from .checkpoint import load_checkpoint
+from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError
-from .runtime import keep_freed_memory
+from .runtime import autocast_dtype, keep_freed_memory, resolve_device
 
 
 def run_rule(main: Callable[[object], None], snakemake) -> None:
@@ -44,3 +46,17 @@ def run_rule(main: Callable[[object], None], snakemake) -> None:
             raise
         finally:
             sys.stderr = sys.__stderr__
+
+
+def load_sampling_model(snakemake) -> DiffusionProcess:
+    """The rule's model (``input.model``) as every sampling rule uses it: on the rule's device
+    (``params.device``), its forward passes in the rule's precision (``params.precision``)."""
+    diffusion, _ = load_checkpoint(snakemake.input.model, resolve_device(snakemake.params.device))
+    diffusion.autocast_dtype = autocast_dtype(snakemake.params.precision)
+    logging.info(
+        "model %s on %s, forward passes in %s",
+        snakemake.input.model,
+        diffusion.device,
+        snakemake.params.precision,
+    )
+    return diffusion

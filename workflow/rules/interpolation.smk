@@ -46,6 +46,7 @@ rule interpolation_samples:
     params:
         settings=config["interpolation"],
         device=config["device"],
+        precision=config["precision"],
     script:
         "../../scripts/interpolation_samples.py"
 

@@ -67,6 +67,7 @@ rule sample_quality:
     params:
         settings=config["quality"],
         device=config["device"],
+        precision=config["precision"],
     script:
         "../../scripts/sample_quality.py"
 
@@ -143,6 +144,7 @@ rule ddim_fidelity:
         settings=config["fidelity"],
         interpolation=config["interpolation"],
         device=config["device"],
+        precision=config["precision"],
     script:
         "../../scripts/ddim_fidelity.py"
 
@@ -172,5 +174,6 @@ rule interpolate_real_digits:
         steps=config["interpolation"]["steps"],
         batch_size=config["interpolation"]["batch_size"],
         device=config["device"],
+        precision=config["precision"],
     script:
         "../../scripts/interpolate_real_digits.py"

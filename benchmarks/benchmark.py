@@ -446,6 +446,19 @@ def build_report(args, sizes, info, seconds, outputs, flops, diffusers_info, con
             "speedup_vs_reference": med[f"ddim_{max(sizes['ddim_steps'])}"] / med[f"ddim_{steps}"],
         }
 
+    bfloat16 = {}
+    for name in ("ddpm", f"ddim_{sizes['workflow_ddim_steps']}"):
+        difference = (outputs[f"{name}_bf16"] - outputs[name]).double()
+        bfloat16[name] = {
+            "forwards": samplers[name]["forwards"],
+            "seconds": med[f"{name}_bf16"],
+            "float32_seconds": med[name],
+            "speedup": med[name] / med[f"{name}_bf16"],
+            "rmse_to_float32": difference.pow(2).mean().sqrt().item(),
+            "max_abs_to_float32": difference.abs().max().item(),
+            "all_seconds": seconds[f"{name}_bf16"],
+        }
+
     loss_images = sizes["loss_batch"] * sizes["loss_batches"]
     timestep_loss = {
         "images": loss_images,
@@ -531,6 +544,7 @@ def build_report(args, sizes, info, seconds, outputs, flops, diffusers_info, con
         "floors": floors,
         "samplers": samplers,
         "ddim_accuracy": accuracy,
+        "bfloat16": bfloat16,
         "diffusers": reference_info,
         "timestep_loss": timestep_loss,
         "training": training,
@@ -602,6 +616,17 @@ def markdown(report: dict) -> str:
     for steps, row in report["ddim_accuracy"].items():
         lines.append(
             f"| S = {steps} | {row['rmse']:.4f} | {row['max_abs']:.4f} | {row['speedup_vs_reference']:.1f} |"
+        )
+    lines += [
+        "",
+        "| precision: bfloat16 | seconds | float32 s | speed-up | pixel RMSE vs float32 | max abs error |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in report["bfloat16"].items():
+        label = "DDPM grid" if name == "ddpm" else f"DDIM grid, S = {row['forwards']}"
+        lines.append(
+            f"| {label} | {row['seconds']:.2f} | {row['float32_seconds']:.2f} | {row['speedup']:.2f} | "
+            f"{row['rmse_to_float32']:.4f} | {row['max_abs_to_float32']:.4f} |"
         )
     others = report["other_processes"]
     if others is not None:
@@ -679,9 +704,10 @@ def main(argv=None) -> dict:
     for forwards in sorted({timesteps, *sizes["ddim_steps"]}, reverse=True):
         cases[f"floor_{forwards}"] = forward_floor(model, x_T, trailing_timesteps(timesteps, forwards))
 
-    def grid(sampler: str, ddim_steps: int = 50) -> Callable:
+    def grid(sampler: str, ddim_steps: int = 50, autocast: torch.dtype | None = None) -> Callable:
         def run():
             generator = torch.Generator(device).manual_seed(1)
+            diffusion.autocast_dtype = autocast  # the workflow's `precision`, per case
             return interpolation_grid(
                 diffusion,
                 z0,
@@ -700,6 +726,11 @@ def main(argv=None) -> dict:
     cases["ddpm"] = grid("ddpm")
     for steps in sizes["ddim_steps"]:
         cases[f"ddim_{steps}"] = grid("ddim", steps)
+    # precision: bfloat16, the same grids with the network under bf16 autocast.
+    cases["ddpm_bf16"] = grid("ddpm", autocast=torch.bfloat16)
+    cases[f"ddim_{sizes['workflow_ddim_steps']}_bf16"] = grid(
+        "ddim", sizes["workflow_ddim_steps"], autocast=torch.bfloat16
+    )
 
     if args.no_diffusers:
         reference_cases, diffusers_info = {}, {"status": "skipped", "reason": "--no-diffusers"}

@@ -42,6 +42,10 @@ def test_quick_benchmark_writes_its_json(tmp_path):
     assert report["conv_peak"]["gflops_channels_last"] > 0
     assert set(report["ddim_accuracy"]) == {"5", "2"}
     assert {"rmse", "max_abs"} <= set(report["ddim_accuracy"]["2"])
+    assert set(report["bfloat16"]) == {"ddpm", "ddim_2"}
+    for row in report["bfloat16"].values():
+        assert row["seconds"] > 0 and row["rmse_to_float32"] > 0
+    assert "| precision: bfloat16 |" in result.stdout
     assert {"images_per_second", "floor_images_per_second", "ratio_to_floor"} <= set(report["timestep_loss"])
     assert {"images_per_second", "floor_images_per_second", "ratio_to_floor"} <= set(report["training"])
     assert all({"target", "value", "met"} <= set(target) for target in report["targets"])

@@ -96,6 +96,7 @@ def test_report_holds_every_category_and_figure(tiny_run, tmp_path):
         "timestep_loss.png",
     ):
         assert needle in html, needle
+    assert "forward passes ran in" not in html
 
 
 def test_bfloat16_precision_reruns_exactly_the_sampling_rules(tiny_run, tmp_path):
@@ -131,3 +132,8 @@ def test_bfloat16_precision_reruns_exactly_the_sampling_rules(tiny_run, tmp_path
     bf16_grid = load_grid_images(run / grid)
     assert bf16_grid.dtype == float32_grid.dtype and bf16_grid.shape == float32_grid.shape
     assert not torch.equal(bf16_grid, float32_grid)
+    # The report's captions say which precision made the pictures (float32 says nothing).
+    report = tmp_path / "report.html"
+    built = run_snakemake(run, "--report", str(report), config=config)
+    assert built.returncode == 0, built.stderr
+    assert "forward passes ran in bfloat16" in report.read_text()

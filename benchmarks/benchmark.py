@@ -552,6 +552,10 @@ def build_report(args, sizes, info, seconds, outputs, flops, diffusers_info, con
     }
 
 
+def grid_label(name: str, row: dict) -> str:
+    return "DDPM grid" if name == "ddpm" else f"DDIM grid, S = {row['forwards']}"
+
+
 def markdown(report: dict) -> str:
     m, n, c = report["machine"], report["network"], report["conv_peak"]
     lines = [
@@ -565,10 +569,10 @@ def markdown(report: dict) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, row in report["samplers"].items():
-        label = "DDPM grid" if name == "ddpm" else f"DDIM grid, S = {row['forwards']}"
         lines.append(
-            f"| {label} | {row['forwards']} | {row['seconds']:.2f} | {row['floor_seconds']:.2f} | "
-            f"{row['ratio_to_floor']:.3f} | {row['network_gflops_while_sampling']:.0f} |"
+            f"| {grid_label(name, row)} | {row['forwards']} | {row['seconds']:.2f} | "
+            f"{row['floor_seconds']:.2f} | {row['ratio_to_floor']:.3f} | "
+            f"{row['network_gflops_while_sampling']:.0f} |"
         )
     d = report["diffusers"]
     if d.get("status") == "ok":
@@ -623,10 +627,9 @@ def markdown(report: dict) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, row in report["bfloat16"].items():
-        label = "DDPM grid" if name == "ddpm" else f"DDIM grid, S = {row['forwards']}"
         lines.append(
-            f"| {label} | {row['seconds']:.2f} | {row['float32_seconds']:.2f} | {row['speedup']:.2f} | "
-            f"{row['rmse_to_float32']:.4f} | {row['max_abs_to_float32']:.4f} |"
+            f"| {grid_label(name, row)} | {row['seconds']:.2f} | {row['float32_seconds']:.2f} | "
+            f"{row['speedup']:.2f} | {row['rmse_to_float32']:.4f} | {row['max_abs_to_float32']:.4f} |"
         )
     others = report["other_processes"]
     if others is not None:

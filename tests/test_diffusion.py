@@ -18,6 +18,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from diffusion_diagnostics import DiagnosticsError, DiffusionProcess
@@ -390,6 +391,33 @@ def test_unet_output_does_not_depend_on_autograd_or_layout():
         without = model(x, t)
     assert with_grad.requires_grad and without.is_contiguous()
     assert torch.equal(with_grad.detach(), without)
+
+
+def test_group_norm_normalises_in_float32_under_bf16_autocast(monkeypatch):
+    """Under autocast the activations reach the UNet's norms in bf16; each norm hands float32 to
+    the group_norm kernel (bf16 channels-last GroupNorm is the slow CPU kernel) and gives its
+    caller the dtype it was given. Without autocast nothing changes: float32 all through."""
+    seen = []
+    group_norm = F.group_norm
+
+    def recording(x, *args, **kwargs):
+        seen.append(x.dtype)
+        return group_norm(x, *args, **kwargs)
+
+    monkeypatch.setattr(F, "group_norm", recording)
+    model = tiny_unet()
+    norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    outputs = {}
+    for norm in norms:
+        norm.register_forward_hook(
+            lambda module, inputs, out: outputs.setdefault(module, []).append((inputs[0].dtype, out.dtype))
+        )
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x, torch.tensor([3, 7]))
+    assert seen == [torch.float32] * len(norms)
+    assert any(dtypes == [(torch.bfloat16, torch.bfloat16)] for dtypes in outputs.values())
+    assert all(given == returned for dtypes in outputs.values() for given, returned in dtypes)
 
 
 def test_bf16_autocast_runs_the_network_in_bf16_and_the_sampler_in_float32():

@@ -29,8 +29,7 @@ class GroupNorm32(nn.GroupNorm):
     A no-op for float32 input. Under bf16 autocast (``precision: bfloat16``) the activations
     arrive in bf16, and PyTorch's bf16 GroupNorm on channels-last CPU tensors is 3.5 x slower than
     converting to float32 and normalising there (6.4 vs 1.8 ms at 72 x 64 x 28 x 28,
-    BENCHMARKS.md); float32 statistics are the more accurate ones as well. Same parameters, same
-    state_dict as nn.GroupNorm.
+    BENCHMARKS.md). Same parameters, same state_dict as nn.GroupNorm.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -396,7 +396,7 @@ def test_unet_output_does_not_depend_on_autograd_or_layout():
 def test_group_norm_normalises_in_float32_under_bf16_autocast(monkeypatch):
     """Under autocast the activations reach the UNet's norms in bf16; each norm hands float32 to
     the group_norm kernel (bf16 channels-last GroupNorm is the slow CPU kernel) and gives its
-    caller the dtype it was given. Without autocast nothing changes: float32 all through."""
+    caller the dtype it was given."""
     seen = []
     group_norm = F.group_norm
 

@@ -13,6 +13,8 @@ import pytest
 import torch
 import yaml
 
+import diffusion_diagnostics.diffusion
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "tiny_config.yaml"
 # Two cores are shared by pytest and the snakemake subprocesses: keep in-process torch to one.
@@ -104,6 +106,27 @@ def run_snakemake(workdir: Path, *args: str, config: dict | None = None, timeout
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def replays(monkeypatch) -> list[int]:
+    """Let cuda_graphs sampling run on the CPU, through a stand-in for graphs.replay_steps that
+    keeps the graph's protocol (one static input overwritten in place, the step index as a 0-d
+    int64 tensor) but runs each step eagerly instead of replaying a capture. Lists its calls."""
+    calls = []
+
+    def static_replay(step, x, num_steps, generator=None, progress=False, desc=""):
+        calls.append(num_steps)
+        index = torch.zeros((), dtype=torch.long, device=x.device)
+        state = x.clone()
+        for i in range(num_steps):
+            index.fill_(i)
+            state.copy_(step(state, index))
+        return state
+
+    monkeypatch.setattr(diffusion_diagnostics.diffusion, "can_capture", lambda device: True)
+    monkeypatch.setattr(diffusion_diagnostics.diffusion, "replay_steps", static_replay)
+    return calls
 
 
 @pytest.fixture(scope="session")

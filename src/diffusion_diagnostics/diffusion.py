@@ -10,16 +10,18 @@ import torch
 from torch import nn
 
 from .errors import DiagnosticsError
+from .graphs import can_capture, replay_steps
 from .runtime import progress_bar
 
 
 def extract(coefficients: torch.Tensor, t: torch.Tensor | int, ndim: int) -> torch.Tensor:
     """Pick one schedule value per batch element and shape it to broadcast over an image batch.
 
-    With an int ``t`` (every element at the same timestep, as in sampling) this is a 0-d view of
-    the schedule: no gather, no allocation, the same values.
+    With one timestep for the whole batch, as in sampling, this is a 0-d value that broadcasts: a
+    view of the schedule for an int ``t`` (no gather, no allocation), a one-element lookup for a
+    0-d tensor ``t`` (what a step captured as a CUDA graph reads, see :mod:`.graphs`).
     """
-    if isinstance(t, int):
+    if isinstance(t, int) or t.ndim == 0:
         return coefficients[t]
     return coefficients.gather(0, t).reshape(-1, *([1] * (ndim - 1)))
 
@@ -46,7 +48,8 @@ class NonFiniteWatch:
 
     def update(self, x: torch.Tensor, t: torch.Tensor) -> None:
         newly_bad = (self.first_bad < 0) & ~torch.isfinite(x).all()
-        self.first_bad = torch.where(newly_bad, t, self.first_bad)
+        # In place, so that a step captured as a CUDA graph updates this very tensor on replay.
+        self.first_bad.copy_(torch.where(newly_bad, t, self.first_bad))
 
     def raise_if_bad(self, what: str) -> None:
         bad = int(self.first_bad)
@@ -83,6 +86,9 @@ class DiffusionProcess(nn.Module):
         # bf16 matrix units: GPUs, CPUs with AMX), ε comes back as float32 and the sampler's own
         # arithmetic stays float32. None: everything float32. A run-time choice, not saved.
         self.autocast_dtype: torch.dtype | None = None
+        # True: on a CUDA device each sampler step is captured once as a CUDA graph and replayed
+        # (see .graphs); no effect elsewhere. A run-time choice, not saved.
+        self.cuda_graphs = False
         self.sample_shape = tuple(sample_shape or getattr(model, "sample_shape", (1, 28, 28)))
 
         # Computed in float64 so that ᾱ_t near t = T keeps its digits, then stored as float32.
@@ -135,6 +141,26 @@ class DiffusionProcess(nn.Module):
             watch.update(eps, t[0])
         return eps
 
+    def _run_steps(
+        self,
+        step,
+        x: torch.Tensor,
+        num_steps: int,
+        generator: torch.Generator | None,
+        progress: bool,
+        desc: str,
+    ) -> torch.Tensor:
+        """``x = step(x, i)`` for i = 0 … num_steps - 1; as CUDA graph replays when asked and on CUDA.
+
+        ``step`` takes ``i`` as an int or as a 0-d int64 tensor on x's device, and must give the
+        same result for both (the graph replays the tensor form).
+        """
+        if self.cuda_graphs and can_capture(x.device):
+            return replay_steps(step, x, num_steps, generator, progress, desc)
+        for i in progress_bar(range(num_steps), desc=desc, disable=not progress):
+            x = step(x, i)
+        return x
+
     # --- forward process -------------------------------------------------------------------
 
     def add_noise(
@@ -177,7 +203,7 @@ class DiffusionProcess(nn.Module):
     def ddpm_step(
         self,
         x_t: torch.Tensor,
-        t: int,
+        t: int | torch.Tensor,
         generator: torch.Generator | None = None,
         watch: NonFiniteWatch | None = None,
         shared_noise: int = 1,
@@ -186,14 +212,14 @@ class DiffusionProcess(nn.Module):
 
         Without clipping, μ̃(x_t, x̂_0(ε)) equals DDPM eq. 11; with clipping x̂_0 is first held to
         the data range, as in the DDPM reference code. Consecutive groups of ``shared_noise``
-        images get the same noise z (see :meth:`sample`).
+        images get the same noise z (see :meth:`sample`). ``t`` is an int or a 0-d tensor.
         """
         eps = self._model_eps(x_t, self.timestep_ids[t].expand(x_t.shape[0]), watch)
-        # An int t: the schedule values are 0-d views, nothing is gathered or synced per step.
+        # One t for the batch: the schedule values are 0-d, nothing is gathered or synced per step.
         x0 = self._maybe_clip(self.predict_x0(x_t, t, eps))
         mean, _ = self.posterior_mean_variance(x_t, t, x0)
-        if t == 0:
-            return mean  # β̃_0 = 0: the last step adds no noise
+        if isinstance(t, int) and t == 0:
+            return mean  # β̃_0 = 0: the last step adds no noise (a tensor t adds 0 · z instead)
         return mean + self.posterior_std[t] * self._step_noise(x_t, generator, shared_noise)
 
     @staticmethod
@@ -202,7 +228,10 @@ class DiffusionProcess(nn.Module):
         the same draw."""
         shape = (x.shape[0] // shared, *x.shape[1:])
         noise = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
-        return noise if shared == 1 else noise.repeat_interleave(shared, dim=0)
+        if shared == 1:
+            return noise
+        # repeat_interleave, written so that no size is read back from the GPU (CUDA graphs)
+        return noise.unsqueeze(1).expand(-1, shared, *x.shape[1:]).reshape(x.shape)
 
     @torch.inference_mode()
     def sample(
@@ -225,8 +254,13 @@ class DiffusionProcess(nn.Module):
             )
         x = x_T.to(self.device)
         watch = NonFiniteWatch(x.device)
-        for t in progress_bar(range(self.timesteps - 1, -1, -1), desc=desc, disable=not progress):
-            x = self.ddpm_step(x, t, generator, watch, shared_noise)
+        descending = self.timestep_ids.flip(0)
+
+        def step(x: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
+            t = self.timesteps - 1 - i if isinstance(i, int) else descending[i]
+            return self.ddpm_step(x, t, generator, watch, shared_noise)
+
+        x = self._run_steps(step, x, self.timesteps, generator, progress, desc)
         watch.raise_if_bad("DDPM sampling")
         return x
 
@@ -244,7 +278,7 @@ class DiffusionProcess(nn.Module):
     def _ddim_update(
         self,
         x_t: torch.Tensor,
-        t: int,
+        t: int | torch.Tensor,
         coefficients: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         eta: float,
         generator: torch.Generator | None,
@@ -293,10 +327,15 @@ class DiffusionProcess(nn.Module):
         alpha_bar_t = self.alpha_bars[steps]
         alpha_bar_prev = torch.cat([alpha_bar_t[1:], torch.ones(1, device=self.device)])
         coefficients = self.ddim_coefficients(alpha_bar_t, alpha_bar_prev, eta)
+        steps_on_device = torch.tensor(steps, device=self.device)
         watch = NonFiniteWatch(x.device)
-        for i, t in enumerate(progress_bar(steps, desc=desc, disable=not progress)):
+
+        def step(x: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
+            t = steps[i] if isinstance(i, int) else steps_on_device[i]
             step_coefficients = (coefficients[0][i], coefficients[1][i], coefficients[2][i])
-            x = self._ddim_update(x, t, step_coefficients, eta, generator, watch)
+            return self._ddim_update(x, t, step_coefficients, eta, generator, watch)
+
+        x = self._run_steps(step, x, num_steps, generator, progress, desc)
         watch.raise_if_bad("DDIM sampling")
         return x
 
@@ -309,14 +348,18 @@ class DiffusionProcess(nn.Module):
         """
         x = x_0.to(self.device)
         steps = trailing_timesteps(self.timesteps, num_steps)[::-1]
-        alpha_bar_current = torch.ones((), device=self.device)
+        steps_on_device = torch.tensor(steps, device=self.device)
+        # ᾱ before and after each step, all at once: the first step starts from ᾱ = 1 (x_0).
+        alpha_bar_next = self.alpha_bars[steps]
+        alpha_bar_current = torch.cat([torch.ones(1, device=self.device), alpha_bar_next[:-1]])
         watch = NonFiniteWatch(x.device)
-        for t in progress_bar(steps, desc=f"DDIM inversion {num_steps}", disable=not progress):
-            t_batch = self.timestep_ids[t].expand(x.shape[0])
-            eps = self._model_eps(x, t_batch, watch)
-            x0 = (x - (1 - alpha_bar_current).sqrt() * eps) / alpha_bar_current.sqrt()
-            alpha_bar_next = self.alpha_bars[t]
-            x = alpha_bar_next.sqrt() * x0 + (1 - alpha_bar_next).sqrt() * eps
-            alpha_bar_current = alpha_bar_next
+
+        def step(x: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
+            t = steps[i] if isinstance(i, int) else steps_on_device[i]
+            eps = self._model_eps(x, self.timestep_ids[t].expand(x.shape[0]), watch)
+            x0 = (x - (1 - alpha_bar_current[i]).sqrt() * eps) / alpha_bar_current[i].sqrt()
+            return alpha_bar_next[i].sqrt() * x0 + (1 - alpha_bar_next[i]).sqrt() * eps
+
+        x = self._run_steps(step, x, num_steps, None, progress, f"DDIM inversion {num_steps}")
         watch.raise_if_bad("DDIM inversion")
         return x

@@ -34,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from diffusion_diagnostics import DiffusionProcess, UNet, per_timestep_loss
 from diffusion_diagnostics.checkpoint import load_checkpoint
 from diffusion_diagnostics.diffusion import trailing_timesteps
+from diffusion_diagnostics.graphs import can_capture
 from diffusion_diagnostics.interpolation import draw_endpoints, interpolate, interpolation_grid
 from diffusion_diagnostics.runtime import keep_freed_memory, resolve_device
 from diffusion_diagnostics.training import TrainConfig, train
@@ -459,6 +460,23 @@ def build_report(args, sizes, info, seconds, outputs, flops, diffusers_info, con
             "all_seconds": seconds[f"{name}_bf16"],
         }
 
+    cuda_graphs = {}  # only where the device can capture
+    for name in [name for name, _, _ in graph_grids(sizes) if f"{name}_graph" in med]:
+        for precision, eager in (("float32", name), ("bfloat16", f"{name}_bf16")):
+            graphed = f"{eager}_graph"
+            difference = (outputs[graphed] - outputs[eager]).double()
+            cuda_graphs[graphed] = {
+                "forwards": samplers[name]["forwards"],
+                "precision": precision,
+                "seconds": med[graphed],
+                "eager_seconds": med[eager],
+                "speedup": med[eager] / med[graphed],
+                "speedup_vs_float32_eager": med[name] / med[graphed],
+                "rmse_to_eager": difference.pow(2).mean().sqrt().item(),
+                "max_abs_to_eager": difference.abs().max().item(),
+                "all_seconds": seconds[graphed],
+            }
+
     loss_images = sizes["loss_batch"] * sizes["loss_batches"]
     timestep_loss = {
         "images": loss_images,
@@ -531,6 +549,9 @@ def build_report(args, sizes, info, seconds, outputs, flops, diffusers_info, con
                 reference_info["ours_ddpm_speedup"] > 1,
             )
         )
+    if cuda_graphs:
+        fastest = min(row["seconds"] for name, row in cuda_graphs.items() if name.startswith("ddpm"))
+        targets.append(("DDPM grid on the GPU, CUDA graph: seconds (<= 10 s)", fastest, fastest <= 10))
     others = outputs.get("_other_processes")
     return {
         "mode": "quick" if args.quick else "full",
@@ -545,11 +566,18 @@ def build_report(args, sizes, info, seconds, outputs, flops, diffusers_info, con
         "samplers": samplers,
         "ddim_accuracy": accuracy,
         "bfloat16": bfloat16,
+        "cuda_graphs": cuda_graphs,
         "diffusers": reference_info,
         "timestep_loss": timestep_loss,
         "training": training,
         "targets": [{"target": name, "value": value, "met": bool(met)} for name, value, met in targets],
     }
+
+
+def graph_grids(sizes: dict) -> list[tuple[str, str, int]]:
+    """(case name, sampler, DDIM steps) of the grids also timed as CUDA graphs."""
+    steps = sizes["workflow_ddim_steps"]
+    return [("ddpm", "ddpm", steps), (f"ddim_{steps}", "ddim", steps)]
 
 
 def grid_label(name: str, row: dict) -> str:
@@ -631,6 +659,22 @@ def markdown(report: dict) -> str:
             f"| {grid_label(name, row)} | {row['seconds']:.2f} | {row['float32_seconds']:.2f} | "
             f"{row['speedup']:.2f} | {row['rmse_to_float32']:.4f} | {row['max_abs_to_float32']:.4f} |"
         )
+    lines.append("")
+    if report["cuda_graphs"]:
+        lines += [
+            "| CUDA graph | precision | seconds | eager s | speed-up | vs float32 eager | "
+            "pixel RMSE vs eager | max abs error |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for name, row in report["cuda_graphs"].items():
+            lines.append(
+                f"| {grid_label('ddpm' if name.startswith('ddpm') else name, row)} | {row['precision']} | "
+                f"{row['seconds']:.2f} | {row['eager_seconds']:.2f} | {row['speedup']:.2f} | "
+                f"{row['speedup_vs_float32_eager']:.2f} | {row['rmse_to_eager']:.2g} | "
+                f"{row['max_abs_to_eager']:.2g} |"
+            )
+    else:
+        lines.append(f"CUDA graphs: not timed, the device ({m['device']}) cannot capture them.")
     others = report["other_processes"]
     if others is not None:
         share = others["cpu_seconds"] / (others["wall_seconds"] * (m["cores_usable"] or 1))
@@ -707,10 +751,13 @@ def main(argv=None) -> dict:
     for forwards in sorted({timesteps, *sizes["ddim_steps"]}, reverse=True):
         cases[f"floor_{forwards}"] = forward_floor(model, x_T, trailing_timesteps(timesteps, forwards))
 
-    def grid(sampler: str, ddim_steps: int = 50, autocast: torch.dtype | None = None) -> Callable:
+    def grid(
+        sampler: str, ddim_steps: int = 50, autocast: torch.dtype | None = None, graphs: bool = False
+    ) -> Callable:
         def run():
             generator = torch.Generator(device).manual_seed(1)
-            diffusion.autocast_dtype = autocast  # the workflow's `precision`, per case
+            # The workflow's `precision` and CUDA-graph choice, set per case.
+            diffusion.autocast_dtype, diffusion.cuda_graphs = autocast, graphs
             return interpolation_grid(
                 diffusion,
                 z0,
@@ -734,6 +781,11 @@ def main(argv=None) -> dict:
     cases[f"ddim_{sizes['workflow_ddim_steps']}_bf16"] = grid(
         "ddim", sizes["workflow_ddim_steps"], autocast=torch.bfloat16
     )
+    if can_capture(device):
+        # Each sampler step replayed as a CUDA graph (capture included in the time), in both precisions.
+        for name, sampler, steps in graph_grids(sizes):
+            cases[f"{name}_graph"] = grid(sampler, steps, graphs=True)
+            cases[f"{name}_bf16_graph"] = grid(sampler, steps, autocast=torch.bfloat16, graphs=True)
 
     if args.no_diffusers:
         reference_cases, diffusers_info = {}, {"status": "skipped", "reason": "--no-diffusers"}

@@ -11,6 +11,8 @@ import json
 import subprocess
 import sys
 
+import torch
+
 from conftest import REPO
 
 QUICK = [sys.executable, str(REPO / "benchmarks/benchmark.py"), "--quick", "--reps", "1", "--threads", "1"]
@@ -72,3 +74,39 @@ def test_the_diffusers_reference_can_be_skipped(tmp_path):
     report = json.loads(out.read_text())
     assert report["diffusers"] == {"status": "skipped", "reason": "--no-diffusers"}
     assert "skipped" in result.stdout
+
+
+def test_cuda_graph_rows(tmp_path, monkeypatch, replays):
+    """Where the device can capture, the grids are also timed as CUDA graphs, in both precisions,
+    and compared with their eager runs. Run in-process with the CPU stand-in for the capture
+    (conftest.replays), which replays the graph's form of each step eagerly: bit-equal to eager."""
+    spec = importlib.util.spec_from_file_location("benchmark", REPO / "benchmarks/benchmark.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    monkeypatch.setattr(benchmark, "can_capture", lambda device: True)
+    threads = str(torch.get_num_threads())  # main() sets it process-wide: keep pytest's
+    report = benchmark.main(
+        [
+            "--quick",
+            "--reps",
+            "1",
+            "--threads",
+            threads,
+            "--no-diffusers",
+            "--no-keep-freed-memory",
+            "--out",
+            str(tmp_path / "results.json"),
+        ]
+    )
+    assert set(report["cuda_graphs"]) == {
+        "ddpm_graph",
+        "ddpm_bf16_graph",
+        "ddim_2_graph",
+        "ddim_2_bf16_graph",
+    }
+    assert len(replays) >= 4
+    for row in report["cuda_graphs"].values():
+        assert row["seconds"] > 0 and row["rmse_to_eager"] == 0 and row["max_abs_to_eager"] == 0
+    assert report["cuda_graphs"]["ddpm_bf16_graph"]["precision"] == "bfloat16"
+    assert "| DDIM grid, S = 2 | bfloat16 |" in report["markdown"]
+    assert any(target["target"].startswith("DDPM grid on the GPU") for target in report["targets"])

@@ -12,6 +12,7 @@ import torch
 from .checkpoint import load_checkpoint
 from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError
+from .graphs import can_capture
 from .runtime import autocast_dtype, keep_freed_memory, resolve_device
 
 
@@ -50,13 +51,17 @@ def run_rule(main: Callable[[object], None], snakemake) -> None:
 
 def load_sampling_model(snakemake) -> DiffusionProcess:
     """The rule's model (``input.model``) as every sampling rule uses it: on the rule's device
-    (``params.device``), its forward passes in the rule's precision (``params.precision``)."""
+    (``params.device``), its forward passes in the rule's precision (``params.precision``), its
+    sampler steps replayed as CUDA graphs where the config asks and the device is a GPU. The last
+    changes no result, so it is read from the config, not a rule parameter that would rerun jobs."""
     diffusion, _ = load_checkpoint(snakemake.input.model, resolve_device(snakemake.params.device))
     diffusion.autocast_dtype = autocast_dtype(snakemake.params.precision)
+    diffusion.cuda_graphs = snakemake.config["cuda_graphs"]
     logging.info(
-        "model %s on %s, forward passes in %s",
+        "model %s on %s, forward passes in %s%s",
         snakemake.input.model,
         diffusion.device,
         snakemake.params.precision,
+        ", sampler steps as CUDA graphs" if diffusion.cuda_graphs and can_capture(diffusion.device) else "",
     )
     return diffusion

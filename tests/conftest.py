@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import diffusion_diagnostics.diffusion
 
@@ -108,20 +109,32 @@ def run_snakemake(workdir: Path, *args: str, config: dict | None = None, timeout
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+class NoHostReads(TorchDispatchMode):
+    """Fails on reading a tensor's value back to the host (``.item()``, ``int(t)``, ``bool(t)``,
+    indexing with a 0-d tensor), which on a GPU is a sync that a CUDA-graph capture cannot do."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            raise AssertionError("a captured step read a tensor's value back to the host")
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.fixture
 def replays(monkeypatch) -> list[int]:
     """Let cuda_graphs sampling run on the CPU, through a stand-in for graphs.replay_steps that
-    keeps the graph's protocol (one static input overwritten in place, the step index as a 0-d
-    int64 tensor) but runs each step eagerly instead of replaying a capture. Lists its calls."""
+    keeps the graph's protocol (one static input overwritten in place, the step index as a
+    one-element int64 tensor, no value read back to the host) but runs each step eagerly instead
+    of replaying a capture. Lists its calls."""
     calls = []
 
     def static_replay(step, x, num_steps, generator=None, progress=False, desc=""):
         calls.append(num_steps)
-        index = torch.zeros((), dtype=torch.long, device=x.device)
+        index = torch.zeros(1, dtype=torch.long, device=x.device)
         state = x.clone()
         for i in range(num_steps):
             index.fill_(i)
-            state.copy_(step(state, index))
+            with NoHostReads():
+                state.copy_(step(state, index))
         return state
 
     monkeypatch.setattr(diffusion_diagnostics.diffusion, "can_capture", lambda device: True)

@@ -17,13 +17,19 @@ from .runtime import progress_bar
 def extract(coefficients: torch.Tensor, t: torch.Tensor | int, ndim: int) -> torch.Tensor:
     """Pick one schedule value per batch element and shape it to broadcast over an image batch.
 
-    With one timestep for the whole batch, as in sampling, this is a 0-d value that broadcasts: a
-    view of the schedule for an int ``t`` (no gather, no allocation), a one-element lookup for a
-    0-d tensor ``t`` (what a step captured as a CUDA graph reads, see :mod:`.graphs`).
+    With an int ``t`` (every element at the same timestep, as in sampling) this is a 0-d view of
+    the schedule: no gather, no allocation, the same values.
     """
-    if isinstance(t, int) or t.ndim == 0:
+    if isinstance(t, int):
         return coefficients[t]
     return coefficients.gather(0, t).reshape(-1, *([1] * (ndim - 1)))
+
+
+def at_step(values: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
+    """``values[i]`` for an int ``i`` (a 0-d view), or for a one-element int64 tensor ``i`` (a lookup
+    on the device). The tensor form is what a step captured as a CUDA graph uses: indexing with a
+    0-d tensor would read its value back to the host, which a capture cannot do (see .graphs)."""
+    return values[i] if isinstance(i, int) else values.index_select(0, i)
 
 
 def trailing_timesteps(timesteps: int, num_steps: int) -> list[int]:
@@ -152,8 +158,8 @@ class DiffusionProcess(nn.Module):
     ) -> torch.Tensor:
         """``x = step(x, i)`` for i = 0 … num_steps - 1; as CUDA graph replays when asked and on CUDA.
 
-        ``step`` takes ``i`` as an int or as a 0-d int64 tensor on x's device, and must give the
-        same result for both (the graph replays the tensor form).
+        ``step`` takes ``i`` as an int or as a one-element int64 tensor on x's device (see
+        :func:`at_step`), and must give the same result for both (the graph replays the tensor form).
         """
         if self.cuda_graphs and can_capture(x.device):
             return replay_steps(step, x, num_steps, generator, progress, desc)
@@ -212,15 +218,15 @@ class DiffusionProcess(nn.Module):
 
         Without clipping, μ̃(x_t, x̂_0(ε)) equals DDPM eq. 11; with clipping x̂_0 is first held to
         the data range, as in the DDPM reference code. Consecutive groups of ``shared_noise``
-        images get the same noise z (see :meth:`sample`). ``t`` is an int or a 0-d tensor.
+        images get the same noise z (see :meth:`sample`). ``t``: an int or a one-element tensor.
         """
-        eps = self._model_eps(x_t, self.timestep_ids[t].expand(x_t.shape[0]), watch)
-        # One t for the batch: the schedule values are 0-d, nothing is gathered or synced per step.
+        eps = self._model_eps(x_t, at_step(self.timestep_ids, t).expand(x_t.shape[0]), watch)
+        # One t for the batch: the schedule values are looked up once, nothing is synced per step.
         x0 = self._maybe_clip(self.predict_x0(x_t, t, eps))
         mean, _ = self.posterior_mean_variance(x_t, t, x0)
         if isinstance(t, int) and t == 0:
             return mean  # β̃_0 = 0: the last step adds no noise (a tensor t adds 0 · z instead)
-        return mean + self.posterior_std[t] * self._step_noise(x_t, generator, shared_noise)
+        return mean + at_step(self.posterior_std, t) * self._step_noise(x_t, generator, shared_noise)
 
     @staticmethod
     def _step_noise(x: torch.Tensor, generator: torch.Generator | None, shared: int = 1) -> torch.Tensor:
@@ -257,7 +263,7 @@ class DiffusionProcess(nn.Module):
         descending = self.timestep_ids.flip(0)
 
         def step(x: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
-            t = self.timesteps - 1 - i if isinstance(i, int) else descending[i]
+            t = self.timesteps - 1 - i if isinstance(i, int) else at_step(descending, i)
             return self.ddpm_step(x, t, generator, watch, shared_noise)
 
         x = self._run_steps(step, x, self.timesteps, generator, progress, desc)
@@ -285,7 +291,7 @@ class DiffusionProcess(nn.Module):
         watch: NonFiniteWatch | None,
     ) -> torch.Tensor:
         sqrt_alpha_bar_prev, direction_scale, sigma = coefficients
-        eps = self._model_eps(x_t, self.timestep_ids[t].expand(x_t.shape[0]), watch)
+        eps = self._model_eps(x_t, at_step(self.timestep_ids, t).expand(x_t.shape[0]), watch)
         x0 = self._maybe_clip(self.predict_x0(x_t, t, eps))
         # x_prev = √ᾱ_prev x̂_0 + √(1 - ᾱ_prev - σ²) ε + σ z                             (DDIM eq. 12)
         x_prev = sqrt_alpha_bar_prev * x0 + direction_scale * eps
@@ -331,8 +337,8 @@ class DiffusionProcess(nn.Module):
         watch = NonFiniteWatch(x.device)
 
         def step(x: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
-            t = steps[i] if isinstance(i, int) else steps_on_device[i]
-            step_coefficients = (coefficients[0][i], coefficients[1][i], coefficients[2][i])
+            t = steps[i] if isinstance(i, int) else at_step(steps_on_device, i)
+            step_coefficients = tuple(at_step(values, i) for values in coefficients)
             return self._ddim_update(x, t, step_coefficients, eta, generator, watch)
 
         x = self._run_steps(step, x, num_steps, generator, progress, desc)
@@ -355,10 +361,11 @@ class DiffusionProcess(nn.Module):
         watch = NonFiniteWatch(x.device)
 
         def step(x: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
-            t = steps[i] if isinstance(i, int) else steps_on_device[i]
-            eps = self._model_eps(x, self.timestep_ids[t].expand(x.shape[0]), watch)
-            x0 = (x - (1 - alpha_bar_current[i]).sqrt() * eps) / alpha_bar_current[i].sqrt()
-            return alpha_bar_next[i].sqrt() * x0 + (1 - alpha_bar_next[i]).sqrt() * eps
+            t = steps[i] if isinstance(i, int) else at_step(steps_on_device, i)
+            eps = self._model_eps(x, at_step(self.timestep_ids, t).expand(x.shape[0]), watch)
+            current, following = at_step(alpha_bar_current, i), at_step(alpha_bar_next, i)
+            x0 = (x - (1 - current).sqrt() * eps) / current.sqrt()
+            return following.sqrt() * x0 + (1 - following).sqrt() * eps
 
         x = self._run_steps(step, x, num_steps, None, progress, f"DDIM inversion {num_steps}")
         watch.raise_if_bad("DDIM inversion")

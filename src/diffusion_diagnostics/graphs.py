@@ -35,13 +35,14 @@ def replay_steps(
 ) -> torch.Tensor:
     """``x = step(x, i)`` for i = 0 … num_steps - 1 on a CUDA device, replaying one captured graph.
 
-    ``step`` gets ``i`` as a 0-d int64 tensor on x's device (the graph reads its value at each
-    replay), must look up everything that changes between steps from it, and must not sync with
-    the host. Its random draws come from ``generator`` (or the default CUDA generator), which is
-    registered with the graph so that each replay draws fresh numbers and advances it.
+    ``step`` gets ``i`` as a one-element int64 tensor on x's device (the graph reads its value at
+    each replay), must look up everything that changes between steps from it on the device
+    (``diffusion.at_step``), and must never read a value back to the host: a capture cannot sync.
+    Its random draws come from ``generator`` (or the default CUDA generator), which is registered
+    with the graph so that each replay draws fresh numbers and advances it.
     """
     device = x.device
-    index = torch.zeros((), dtype=torch.long, device=device)
+    index = torch.zeros(1, dtype=torch.long, device=device)
     state = x.clone()  # the graph reads the step's input from here and writes its output back
 
     def one_step() -> None:

@@ -40,6 +40,10 @@ def test_quick_benchmark_writes_its_json(tmp_path):
             "network_gflops_while_sampling",
         } <= set(row)
         assert row["seconds"] > 0 and row["floor_seconds"] > 0
+    assert set(report["paired_overhead"]) == {"ddpm", "ddim"}
+    for row in report["paired_overhead"].values():
+        assert row["pairs"] == 3 and len(row["ratios"]) == 3 and row["median_ratio"] > 0
+    assert "Paired short runs (3-step samplers" in result.stdout
     assert report["network"]["flops_per_forward"] > 0
     assert report["conv_peak"]["gflops_channels_last"] > 0
     assert set(report["ddim_accuracy"]) == {"5", "2"}

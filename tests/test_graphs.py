@@ -2,9 +2,10 @@
 
 Capturing needs a GPU, which CI has not (the capture was run on one: BENCHMARKS.md). What can be
 checked here is everything the graph replays: each sampler's step in the form it is captured in,
-reading its input from one static tensor that it overwrites in place and its step index from a 0-d
-int64 tensor, run here by a stand-in for graphs.replay_steps that keeps that protocol but runs
-eagerly. It must give the eager loop's results bit for bit, and keep the NaN watch working.
+reading its input from one static tensor that it overwrites in place and its step index from a
+one-element int64 tensor, never reading a value back to the host, run here by a stand-in for
+graphs.replay_steps that keeps that protocol but runs eagerly (conftest.replays). It must give the
+eager loop's results bit for bit, and keep the NaN watch working.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""environment.yml (conda users) lists exactly pyproject.toml's dependencies and its slurm extra."""
+"""environment.yml (conda users) lists exactly pyproject.toml's dependencies and its slurm and diffusers extras."""
 
 import tomllib
 import yaml
@@ -9,6 +9,7 @@ from conftest import REPO
 def test_environment_yml_mirrors_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     expected = set(project["dependencies"]) | set(project["optional-dependencies"]["slurm"])
+    expected |= set(project["optional-dependencies"]["diffusers"])
     environment = yaml.safe_load((REPO / "environment.yml").read_text())
     pip_sections = [d["pip"] for d in environment["dependencies"] if isinstance(d, dict)]
     assert len(pip_sections) == 1

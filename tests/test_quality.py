@@ -1,4 +1,5 @@
-"""Quality metrics judged by the classifier: the Fréchet distance against closed forms, confidence
+"""Quality metrics judged by the classifier: the Fréchet distance against closed forms, precision,
+recall, density and coverage against a brute-force count and the reference package, confidence
 and class counts, interpolation-path metrics on hand-built grids, the quality table, and figures."""
 
 from __future__ import annotations
@@ -7,15 +8,17 @@ import csv
 import json
 import math
 
+import prdc
 import pytest
 import torch
 from torch import nn
 
-from diffusion_diagnostics import DiagnosticsError
+from diffusion_diagnostics import DiagnosticsError, quality
 from diffusion_diagnostics.classifier import DigitClassifier
 from diffusion_diagnostics.files import write_csv
 from diffusion_diagnostics.plots import plot_ddim_fidelity, plot_interpolation_metrics, plot_sample_quality
 from diffusion_diagnostics.quality import (
+    NEIGHBOUR_METRICS,
     QUALITY_COLUMNS,
     Judgement,
     class_histogram,
@@ -23,6 +26,7 @@ from diffusion_diagnostics.quality import (
     frechet_distance,
     interpolation_row_metrics,
     judge_images,
+    precision_recall_density_coverage,
     sample_quality_rows,
     write_quality_json,
 )
@@ -100,6 +104,143 @@ def test_frechet_distance_is_symmetric_zero_on_itself_and_rotation_invariant():
 def test_frechet_distance_refuses_bad_sets(a, b, words):
     with pytest.raises(DiagnosticsError, match=words):
         frechet_distance(a, b)
+
+
+# --- precision, recall, density, coverage --------------------------------------------------------
+
+
+def brute_force_neighbour_metrics(real: torch.Tensor, fake: torch.Tensor, k: int) -> dict:
+    """The four metrics counted point by point from their definitions, in plain Python."""
+    real, fake = real.tolist(), fake.tolist()
+
+    def distance(a, b):
+        return math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b, strict=True)))
+
+    def radius(i, points):
+        return sorted(distance(points[i], q) for j, q in enumerate(points) if j != i)[k - 1]
+
+    real_radii = [radius(i, real) for i in range(len(real))]
+    fake_radii = [radius(j, fake) for j in range(len(fake))]
+    # in_real_ball[j][i]: sample j lies inside real point i's ball.
+    in_real_ball = [[distance(f, r) < real_radii[i] for i, r in enumerate(real)] for f in fake]
+    in_a_fake_ball = [any(distance(r, f) < fake_radii[j] for j, f in enumerate(fake)) for r in real]
+    holds_a_fake = [any(in_real_ball[j][i] for j in range(len(fake))) for i in range(len(real))]
+    return {
+        "precision": sum(any(balls) for balls in in_real_ball) / len(fake),
+        "recall": sum(in_a_fake_ball) / len(real),
+        "density": sum(sum(balls) for balls in in_real_ball) / (k * len(fake)),
+        "coverage": sum(holds_a_fake) / len(real),
+    }
+
+
+def gaussian_sets(n_real: int, n_fake: int, dims: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real points around 0, fake ones shifted and wider: the four metrics fall well inside (0, 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    real = torch.randn((n_real, dims), generator=generator, dtype=torch.float64)
+    fake = 1.3 * torch.randn((n_fake, dims), generator=generator, dtype=torch.float64) + 0.4
+    return real, fake
+
+
+@pytest.mark.parametrize(
+    ("n_real", "n_fake", "dims", "k"),
+    # Up to 25 rows cdist subtracts coordinates; beyond, it uses the matrix-product form.
+    [(12, 9, 2, 1), (20, 14, 3, 3), (60, 40, 5, 5), (45, 70, 8, 2)],
+)
+def test_neighbour_metrics_equal_a_brute_force_count(n_real, n_fake, dims, k):
+    real, fake = gaussian_sets(n_real, n_fake, dims, seed=n_real + k)
+    assert precision_recall_density_coverage(real, fake, k) == brute_force_neighbour_metrics(real, fake, k)
+
+
+def test_neighbour_metrics_count_ties_and_duplicates_as_the_brute_force_does():
+    """Integer points on a small grid: many exact ties and duplicate points, all distances exact."""
+    generator = torch.Generator().manual_seed(3)
+    real = torch.randint(0, 4, (40, 3), generator=generator).double()
+    fake = torch.randint(0, 4, (30, 3), generator=generator).double()
+    for k in (1, 3, 6):
+        expected = brute_force_neighbour_metrics(real, fake, k)
+        assert precision_recall_density_coverage(real, fake, k) == expected, k
+
+
+def test_neighbour_balls_are_open():
+    """1-D, k = 1: real radii 1, 1, 2, 4 (at 0, 1, 3, 7). The fake point at -1 is exactly at the radius
+    of the ball at 0 and counts as outside; the one at 5, at the radius of 3's ball, is inside 7's."""
+    real = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
+    fake = torch.tensor([[-1.0], [5.0]])
+    assert precision_recall_density_coverage(real, fake, 1) == {
+        "precision": 0.5,
+        "recall": 1.0,
+        "density": 0.5,
+        "coverage": 0.25,
+    }
+
+
+def test_neighbour_metrics_do_not_depend_on_the_chunk_size(monkeypatch):
+    real, fake = gaussian_sets(50, 30, 4, seed=7)
+    whole = precision_recall_density_coverage(real, fake, 4)
+    # Seven entries per chunk: a single row per chunk, narrower than one row of distances.
+    monkeypatch.setattr(quality, "DISTANCE_CHUNK_ELEMENTS", 7)
+    assert precision_recall_density_coverage(real, fake, 4) == whole
+    monkeypatch.setattr(quality, "DISTANCE_CHUNK_ELEMENTS", 120)
+    assert precision_recall_density_coverage(real, fake, 4) == whole
+
+
+@pytest.mark.parametrize(("n_real", "n_fake", "k"), [(400, 300, 5), (250, 500, 3)])
+def test_neighbour_metrics_match_the_reference_package(n_real, n_fake, k):
+    real, fake = gaussian_sets(n_real, n_fake, 16, seed=k)
+    reference = prdc.compute_prdc(real.numpy(), fake.numpy(), nearest_k=k)
+    ours = precision_recall_density_coverage(real, fake, k)
+    assert list(ours) == list(NEIGHBOUR_METRICS)
+    for metric in NEIGHBOUR_METRICS:
+        assert ours[metric] == pytest.approx(float(reference[metric]), abs=1e-12), metric
+
+
+def test_a_set_against_itself_scores_one_on_all_four():
+    """Each open ball holds its own centre and its k - 1 nearest neighbours: k points of the set."""
+    real, _ = gaussian_sets(80, 2, 6, seed=11)
+    assert precision_recall_density_coverage(real, real.clone(), 5) == dict.fromkeys(NEIGHBOUR_METRICS, 1.0)
+
+
+def clusters(centres: torch.Tensor, per_cluster: int, spread: float, generator) -> torch.Tensor:
+    """``per_cluster`` Gaussian points around each centre, with standard deviation ``spread``."""
+    shape = (len(centres), per_cluster, centres.shape[1])
+    noise = torch.randn(shape, generator=generator, dtype=torch.float64)
+    return (centres[:, None] + spread * noise).reshape(-1, centres.shape[1])
+
+
+def test_a_model_that_draws_only_good_ones_has_full_precision_and_little_recall():
+    """Real digits in four far-apart clusters; the samples a tight clump at the heart of one of
+    them. Every sample looks real, so precision is 1 and they crowd where real points are densest
+    (density above 1); but the samples' own balls are tiny and sit in one cluster of four, so
+    recall and coverage stay at or below a quarter."""
+    generator = torch.Generator().manual_seed(0)
+    centres = 20 * torch.eye(4, 8, dtype=torch.float64)
+    real = clusters(centres, 50, 1.0, generator)
+    ones = clusters(centres[1:2], 60, 0.2, generator)
+    metrics = precision_recall_density_coverage(real, ones, 5)
+    assert metrics["precision"] == 1.0
+    assert metrics["density"] > 1.0
+    assert metrics["recall"] <= 0.25 and metrics["coverage"] <= 0.25
+    # Samples spread over all four clusters like the real points reach them all.
+    every_digit = precision_recall_density_coverage(real, clusters(centres, 15, 1.0, generator), 5)
+    assert every_digit["recall"] > 0.75 and every_digit["coverage"] > 0.75
+
+
+@pytest.mark.parametrize(
+    ("real", "fake", "k", "words"),
+    [
+        (torch.zeros(5, 4), torch.zeros(8, 4), 5, "more than 5 images per set, but the real features have 5"),
+        (torch.zeros(8, 4), torch.zeros(3, 4), 3, "the fake features have 3: lower quality.nearest_k"),
+        (torch.zeros(8, 4), torch.zeros(8, 4), 0, "nearest_k is 0; it must be an integer of at least 1"),
+        (torch.zeros(8, 4), torch.zeros(8, 4), 2.5, "nearest_k is 2.5"),
+        (torch.zeros(8, 4), torch.zeros(8, 3), 2, "have 4 and 3 values per row"),
+        (torch.zeros(8), torch.zeros(8, 4), 2, r"the real features have shape \(8,\); expected \(N, D\)"),
+        (torch.zeros(8, 4), torch.full((8, 4), float("nan")), 2, "the fake features hold NaN or Inf"),
+    ],
+)
+def test_neighbour_metrics_refuse_bad_input_in_one_line(real, fake, k, words):
+    with pytest.raises(DiagnosticsError, match=words) as refused:
+        precision_recall_density_coverage(real, fake, k)
+    assert "\n" not in str(refused.value)
 
 
 # --- confidence and classes ----------------------------------------------------------------------
@@ -198,8 +339,10 @@ def test_sample_quality_rows(classifier):
     ]
     assert all(list(row) == QUALITY_COLUMNS for row in rows)
     assert [row["n"] for row in rows] == [20, 20, 20, 25]
-    assert [row["frechet_distance"] is None for row in rows] == [False, False, False, True]
+    for metric in ("frechet_distance", *NEIGHBOUR_METRICS):
+        assert [row[metric] is None for row in rows] == [False, False, False, True], metric
     assert all(row["frechet_distance"] >= 0 for row in rows[:3])
+    assert all(0 <= row[share] <= 1 for row in rows[:3] for share in ("precision", "recall", "coverage"))
     assert all(sum(row[f"class_{d}"] for d in range(10)) == row["n"] for row in rows)
     assert rows == sample_quality_rows(classifier, images(20, 1), images(30, 2), images(25, 3), seed=0)
     # Fewer training digits than samples: all of them, and n says how many.
@@ -224,6 +367,52 @@ def test_sample_quality_rows_with_a_judge_function():
     assert rows[0]["class_2"] == 30 and rows[0]["confident_share"] == 1.0
 
 
+FEATURE_PIXELS = 8
+
+
+def pixel_judge(x: torch.Tensor) -> Judgement:
+    """A judge whose features are an image's first 8 pixels, sure of the class given by which of
+    the first four is brightest."""
+    features = x.flatten(1)[:, :FEATURE_PIXELS].double()
+    probabilities = torch.zeros(len(x), 10)
+    probabilities[torch.arange(len(x)), features[:, :4].argmax(1)] = 1.0
+    return Judgement(features, probabilities)
+
+
+def pixel_digits(per_class: int, spread: float, generator) -> torch.Tensor:
+    """Images whose first 8 pixels (what pixel_judge sees) cluster around one centre per class 0-3."""
+    centres = 0.8 * torch.eye(4, FEATURE_PIXELS, dtype=torch.float64)
+    features = clusters(centres, per_class, spread, generator)
+    images = torch.zeros(len(features), 1, 28, 28)
+    images.view(len(features), -1)[:, :FEATURE_PIXELS] = features.float()
+    return images
+
+
+def test_only_recall_and_coverage_see_samples_without_variety():
+    """Samples that draw each digit as the same prototype: every class equally often, every sample a
+    clear digit, and a Fréchet distance below the real-data floor, since the prototypes sit at the
+    class means. Precision is 1 and recall near 0, where real training digits score high on both."""
+    generator = torch.Generator().manual_seed(0)
+    train, heldout = pixel_digits(50, 0.05, generator), pixel_digits(50, 0.05, generator)
+    prototypes = pixel_digits(15, 0.005, generator)
+    samples, floor, _, _ = sample_quality_rows(pixel_judge, prototypes, train, heldout, nearest_k=5)
+    assert [samples[f"class_{digit}"] for digit in range(4)] == [15, 15, 15, 15]
+    assert samples["confident_share"] == floor["confident_share"] == 1.0
+    assert samples["frechet_distance"] < floor["frechet_distance"]
+    assert samples["precision"] == 1.0 and samples["recall"] < 0.1
+    assert floor["precision"] > 0.8 and floor["recall"] > 0.8
+    # Crowded at the class centres, where real balls overlap most.
+    assert samples["density"] > 2 * floor["density"]
+
+
+def test_sample_quality_rows_refuse_a_nearest_k_before_judging_anything():
+    def judge(x):
+        raise AssertionError("judged before the sizes were checked")
+
+    with pytest.raises(DiagnosticsError, match="nearest_k = 25 .* the held-out digits have 25"):
+        sample_quality_rows(judge, images(30, 1), images(30, 2), images(25, 3), nearest_k=25)
+
+
 def test_quality_csv_and_json(classifier, tmp_path):
     rows = sample_quality_rows(classifier, images(10, 1), images(12, 2), images(9, 3))
     write_csv(rows, tmp_path / "quality.csv")
@@ -231,7 +420,8 @@ def test_quality_csv_and_json(classifier, tmp_path):
         table = list(csv.DictReader(handle))
     assert [row["set"] for row in table] == [row["set"] for row in rows]
     assert list(table[0]) == QUALITY_COLUMNS
-    assert table[-1]["frechet_distance"] == ""
+    assert all(table[-1][metric] == "" for metric in ("frechet_distance", *NEIGHBOUR_METRICS))
+    assert float(table[0]["recall"]) == rows[0]["recall"]
     assert float(table[0]["frechet_distance"]) == pytest.approx(rows[0]["frechet_distance"])
     write_quality_json(rows, tmp_path / "quality.json", checkpoint="model.pt", seed=0)
     document = json.loads((tmp_path / "quality.json").read_text())

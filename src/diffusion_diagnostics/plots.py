@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .files import atomic_output  # noqa: E402
+from .quality import NEIGHBOUR_METRICS  # noqa: E402
 
 
 def plot_timestep_loss(rows: list[dict], path: str | os.PathLike) -> None:
@@ -94,20 +95,58 @@ def _number(value) -> float | None:
 
 
 def plot_sample_quality(rows: list[dict], path: str | os.PathLike) -> None:
-    """Fréchet distance per image set (log scale), and the predicted-class shares of the samples
-    beside the held-out digits'; rows as :func:`quality.sample_quality_rows` returns them."""
-    figure, (distances, classes) = plt.subplots(1, 2, figsize=(11.0, 4.0), layout="constrained")
-    scored = [
-        (r["set"], _number(r["frechet_distance"])) for r in rows if _number(r["frechet_distance"]) is not None
-    ]
-    bars = distances.bar(range(len(scored)), [d for _, d in scored], color="tab:blue")
-    distances.bar_label(bars, fmt="%.3g", fontsize=8)
-    distances.set_xticks(range(len(scored)), [name for name, _ in scored], rotation=15, ha="right")
-    distances.set_yscale("log")
-    distances.set_ylabel("Fréchet distance to real held-out")
-    distances.set_title("Fréchet distance (classifier features)")
-    distances.grid(axis="y", alpha=0.3)
+    """Fréchet distance per image set (log scale), its precision, recall, density and coverage,
+    and the predicted-class shares of the samples beside the held-out digits'; rows as
+    :func:`quality.sample_quality_rows` returns them (or read back from its CSV)."""
+    figure, (distances, neighbours, classes) = plt.subplots(1, 3, figsize=(16.0, 4.2), layout="constrained")
+    scored = [r for r in rows if _number(r["frechet_distance"]) is not None]
+    _draw_frechet_distances(distances, scored)
+    _draw_neighbour_metrics(neighbours, scored)
+    _draw_class_shares(classes, rows)
+    figure.suptitle("Sample quality judged by the digit classifier")
+    _save(figure, path)
 
+
+def _draw_frechet_distances(axes, scored: list[dict]) -> None:
+    """One bar per set measured against the reference; log scale, since noise is far beyond the rest."""
+    bars = axes.bar(range(len(scored)), [_number(r["frechet_distance"]) for r in scored], color="tab:blue")
+    axes.bar_label(bars, fmt="%.3g", fontsize=8)
+    axes.set_xticks(range(len(scored)), [r["set"] for r in scored], rotation=15, ha="right")
+    axes.set_yscale("log")
+    axes.set_ylabel("Fréchet distance to real held-out")
+    axes.set_title("Fréchet distance (classifier features)")
+    axes.grid(axis="y", alpha=0.3)
+
+
+SET_COLORS = {
+    "samples": "tab:orange",
+    "real train (floor)": "tab:green",
+    "uniform noise (ceiling)": "tab:red",
+}
+
+
+def _draw_neighbour_metrics(axes, scored: list[dict]) -> None:
+    """A group of bars per k-NN metric, a bar per set: the samples read against the floor beside them."""
+    width = 0.8 / max(1, len(scored))
+    tallest = 1.0
+    for position, row in enumerate(scored):
+        values = [_number(row[metric]) for metric in NEIGHBOUR_METRICS]
+        tallest = max(tallest, *values)
+        offsets = [m - 0.4 + width * (position + 0.5) for m in range(len(NEIGHBOUR_METRICS))]
+        bars = axes.bar(offsets, values, width, color=SET_COLORS.get(row["set"]), label=row["set"])
+        axes.bar_label(bars, fmt="%.2f", fontsize=7)
+    # Density is about 1 for samples spread like real digits, and the three shares cannot pass 1.
+    axes.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    axes.set_ylim(0, 1.3 * tallest)  # room for the legend above bars of 1
+    axes.set_xticks(range(len(NEIGHBOUR_METRICS)), NEIGHBOUR_METRICS)
+    axes.set_ylabel("against real held-out")
+    axes.set_title("k-NN precision, recall, density, coverage")
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(fontsize=8, ncols=len(scored), loc="upper center")
+
+
+def _draw_class_shares(axes, rows: list[dict]) -> None:
+    """The samples' predicted-class shares beside the held-out digits': a dropped digit is a hole."""
     by_set = {r["set"]: r for r in rows}
     width = 0.4
     # Shares, not counts: the samples and the held-out set need not be the same size.
@@ -118,17 +157,13 @@ def plot_sample_quality(rows: list[dict], path: str | os.PathLike) -> None:
             continue
         counts = [float(by_set[name][f"class_{digit}"]) for digit in range(10)]
         total = sum(counts) or 1.0
-        classes.bar(
-            [d + offset for d in range(10)], [c / total for c in counts], width, color=color, label=name
-        )
-    classes.set_xticks(range(10))
-    classes.set_xlabel("predicted class")
-    classes.set_ylabel("share of images")
-    classes.set_title("Predicted classes")
-    classes.grid(axis="y", alpha=0.3)
-    classes.legend()
-    figure.suptitle("Sample quality judged by the digit classifier")
-    _save(figure, path)
+        axes.bar([d + offset for d in range(10)], [c / total for c in counts], width, color=color, label=name)
+    axes.set_xticks(range(10))
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("share of images")
+    axes.set_title("Predicted classes")
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend()
 
 
 INTERPOLATION_METRICS = (

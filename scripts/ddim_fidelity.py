@@ -13,8 +13,7 @@ from diffusion_diagnostics.workflow import load_sampling_model, run_rule
 
 def main(snakemake):
     settings, interpolation = snakemake.params.settings, snakemake.params.interpolation
-    diffusion = load_sampling_model(snakemake)
-    diffusion.clip_x0 = interpolation["clip_x0"]
+    diffusion, options = load_sampling_model(snakemake, clip_x0=interpolation["clip_x0"])
     z0, z1 = load_endpoints(snakemake.input.endpoints)
     sweep = ddim_step_sweep(
         diffusion,
@@ -24,10 +23,11 @@ def main(snakemake):
         settings["num_steps"],
         interpolation["method"],
         interpolation["batch_size"],
+        options=options,
     )
     heldout = load_split(snakemake.input.heldout).tensors[0][: settings["inversion_images"]]
     inversion = inversion_reconstruction(
-        diffusion, heldout, settings["num_steps"], interpolation["batch_size"]
+        diffusion, heldout, settings["num_steps"], interpolation["batch_size"], options=options
     )
     for row in sweep + inversion:
         logging.info("%s", row)

@@ -9,7 +9,7 @@ from diffusion_diagnostics.workflow import load_sampling_model, run_rule
 
 def main(snakemake):
     settings, steps = snakemake.params.settings, snakemake.params.steps
-    diffusion = load_sampling_model(snakemake)
+    diffusion, options = load_sampling_model(snakemake)
     images, labels = load_split(snakemake.input.heldout).tensors
     first, second = select_pairs(labels, settings["pairs"], settings["select"])
     logging.info("held-out pairs %s", list(zip(first, second, strict=True)))
@@ -21,6 +21,7 @@ def main(snakemake):
         settings["num_steps"],
         settings["method"],
         snakemake.params.batch_size,
+        options=options,
     )
     save_grid(grid, steps + 2, snakemake.output.grid)
 

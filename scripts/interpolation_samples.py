@@ -11,8 +11,7 @@ from diffusion_diagnostics.workflow import load_sampling_model, run_rule
 
 def main(snakemake):
     settings, wildcards = snakemake.params.settings, snakemake.wildcards
-    diffusion = load_sampling_model(snakemake)
-    diffusion.clip_x0 = settings["clip_x0"]
+    diffusion, options = load_sampling_model(snakemake, clip_x0=settings["clip_x0"])
     z0, z1 = load_endpoints(snakemake.input.endpoints)
     logging.info(
         "%s %s grid (%s per-step noise): %d rows x %d columns",
@@ -34,6 +33,7 @@ def main(snakemake):
         batch_size=settings["batch_size"],
         generator=torch.Generator(diffusion.device).manual_seed(settings["sampling_seed"]),
         shared_noise=wildcards.noise == "shared",
+        options=options,
     )
     save_grid_images(snakemake.output.images, images.reshape(len(z0), settings["steps"], *images.shape[1:]))
 

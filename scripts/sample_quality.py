@@ -1,5 +1,6 @@
-"""Rule sample_quality: N DDIM samples judged by the classifier against real held-out digits, with
-real training digits (the floor) and uniform noise (the ceiling) in the same table."""
+"""Rule sample_quality: N DDIM samples judged by the classifier against real held-out digits (Fréchet
+distance, precision, recall, density, coverage, confidence, classes), with real training digits
+(the floor) and uniform noise (the ceiling) in the same table."""
 
 import logging
 
@@ -9,6 +10,7 @@ from diffusion_diagnostics.files import write_csv
 from diffusion_diagnostics.interpolation import save_grid
 from diffusion_diagnostics.plots import plot_sample_quality
 from diffusion_diagnostics.quality import (
+    check_neighbour_counts,
     draw_samples,
     sample_quality_rows,
     write_quality_json,
@@ -16,23 +18,36 @@ from diffusion_diagnostics.quality import (
 from diffusion_diagnostics.workflow import load_sampling_model, run_rule
 
 PREVIEW = 100  # samples shown in samples.png, 10 per row
+# The quality settings written beside the table in sample_quality.json.
+RECORDED_SETTINGS = ("num_samples", "ddim_steps", "clip_x0", "seed", "confidence", "nearest_k")
 
 
 def main(snakemake):
     settings = snakemake.params.settings
-    diffusion = load_sampling_model(snakemake)
-    diffusion.clip_x0 = settings["clip_x0"]
+    diffusion, options = load_sampling_model(snakemake, clip_x0=settings["clip_x0"])
     classifier, _ = load_classifier(snakemake.input.classifier, diffusion.device)
+    train = load_split(snakemake.input.train).tensors[0]
+    heldout = load_split(snakemake.input.heldout).tensors[0]
+    # Before sampling, the rule's long part: a nearest_k that a set cannot support fails at once.
+    check_neighbour_counts(
+        settings["nearest_k"], {"the samples": settings["num_samples"], "the held-out digits": len(heldout)}
+    )
     samples = draw_samples(
-        diffusion, settings["num_samples"], settings["ddim_steps"], settings["batch_size"], settings["seed"]
+        diffusion,
+        settings["num_samples"],
+        settings["ddim_steps"],
+        settings["batch_size"],
+        settings["seed"],
+        options=options,
     )
     rows = sample_quality_rows(
         classifier,
         samples,
-        load_split(snakemake.input.train).tensors[0],
-        load_split(snakemake.input.heldout).tensors[0],
+        train,
+        heldout,
         seed=settings["seed"],
         threshold=settings["confidence"],
+        nearest_k=settings["nearest_k"],
     )
     for row in rows:
         logging.info("%s", row)
@@ -42,7 +57,7 @@ def main(snakemake):
         snakemake.output.json,
         model=str(snakemake.input.model),
         precision=snakemake.params.precision,
-        **{key: settings[key] for key in ("num_samples", "ddim_steps", "clip_x0", "seed", "confidence")},
+        **{key: settings[key] for key in RECORDED_SETTINGS},
     )
     plot_sample_quality(rows, snakemake.output.png)
     save_grid(samples[:PREVIEW], 10, snakemake.output.samples)

@@ -1,13 +1,14 @@
-"""The noise schedule, the forward process and the DDPM / DDIM samplers against closed forms.
+"""The noise schedules, the forward process and the DDPM / DDIM samplers against closed forms.
 
 The sampler tests use Gaussian data x0 ~ N(μ, s²) per pixel, for which the optimal ε-predictor is
 known exactly and is affine in x_t:
 
-    ε*(x_t, t) = √(1-ᾱ_t) (x_t - √ᾱ_t μ) / (ᾱ_t s² + 1 - ᾱ_t).
+    ε*(x_t, t) = √(1-ᾱ_t) (x_t - √ᾱ_t μ) / (ᾱ_t s² + 1 - ᾱ_t),
 
-Every sampler step is then an affine map plus Gaussian noise, so the exact distribution of what a
-correct sampler returns can be computed independently in float64 (from the papers' equations,
-not from the package's code) and compared with what the package returns.
+and so are the optimal x_0- and v-predictors derived from it. Every sampler step is then an affine
+map plus Gaussian noise, so the exact distribution of what a correct sampler returns can be
+computed independently in float64 (from the papers' equations, not from the package's code) and
+compared with what the package returns, for every schedule and parametrization.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion_diagnostics import DiagnosticsError, DiffusionProcess
-from diffusion_diagnostics.diffusion import trailing_timesteps
+from diffusion_diagnostics.diffusion import SamplingOptions, ddim_timesteps, trailing_timesteps
 from diffusion_diagnostics.runtime import model_device
 
 from conftest import tiny_unet
@@ -34,8 +35,24 @@ N_SAMPLES, SAMPLE_SHAPE = 4096, (1, 4, 4)  # 65,536 independent scalars per samp
 Z = 5.0  # tolerance in standard errors for every statistical check
 
 
-def reference_schedule(timesteps: int, beta_start: float, beta_end: float) -> dict[str, np.ndarray]:
-    betas = np.linspace(beta_start, beta_end, timesteps, dtype=np.float64)
+def reference_betas(
+    timesteps: int, beta_start: float, beta_end: float, schedule: str = "linear"
+) -> np.ndarray:
+    """β_t as Ho et al. (linear), Rombach et al. (scaled_linear), Nichol & Dhariwal (cosine) define them."""
+    if schedule == "linear":
+        return np.linspace(beta_start, beta_end, timesteps, dtype=np.float64)
+    if schedule == "scaled_linear":
+        return np.linspace(math.sqrt(beta_start), math.sqrt(beta_end), timesteps, dtype=np.float64) ** 2
+    assert schedule == "squaredcos_cap_v2"
+    s = np.arange(timesteps + 1) / timesteps
+    f = np.cos((s + 0.008) / 1.008 * np.pi / 2) ** 2  # ᾱ(s) of Nichol & Dhariwal eq. 17
+    return np.minimum(1 - f[1:] / f[:-1], 0.999)
+
+
+def reference_schedule(
+    timesteps: int, beta_start: float, beta_end: float, schedule: str = "linear"
+) -> dict[str, np.ndarray]:
+    betas = reference_betas(timesteps, beta_start, beta_end, schedule)
     alpha_bars = np.cumprod(1.0 - betas)
     return {"betas": betas, "alpha_bars": alpha_bars, "alpha_bars_prev": np.r_[1.0, alpha_bars[:-1]]}
 
@@ -49,11 +66,13 @@ def broadcast(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 class GaussianOptimalEps(nn.Module):
-    """The exact E[ε | x_t] for data x0 ~ N(μ, s²) i.i.d. per pixel, evaluated in float64."""
+    """The exact E[ε | x_t] for data x0 ~ N(μ, s²) i.i.d. per pixel, evaluated in float64, and
+    output as the prediction type asks: ε itself, x_0 = (x_t - √(1-ᾱ) ε) / √ᾱ or
+    v = √ᾱ ε - √(1-ᾱ) x_0 (the optima of those objectives, since they are affine in ε)."""
 
-    def __init__(self, mu: float, sd: float, alpha_bars: np.ndarray):
+    def __init__(self, mu: float, sd: float, alpha_bars: np.ndarray, prediction_type: str = "epsilon"):
         super().__init__()
-        self.mu, self.sd = mu, sd
+        self.mu, self.sd, self.prediction_type = mu, sd, prediction_type
         self.register_buffer("alpha_bars", torch.from_numpy(alpha_bars))
         # No learnable weights, but a parameter so that runtime.model_device finds the device.
         self.device_anchor = nn.Parameter(torch.zeros(()))
@@ -62,7 +81,9 @@ class GaussianOptimalEps(nn.Module):
         ab = broadcast(self.alpha_bars, t, x_t.ndim)
         x = x_t.double()
         eps = (1 - ab).sqrt() * (x - ab.sqrt() * self.mu) / (ab * self.sd**2 + 1 - ab)
-        return eps.to(x_t.dtype)
+        x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+        output = {"epsilon": eps, "sample": x0, "v_prediction": ab.sqrt() * eps - (1 - ab).sqrt() * x0}
+        return output[self.prediction_type].to(x_t.dtype)
 
     def coefficients(self, t: int) -> tuple[float, float]:
         """ε* = A x_t + B at timestep t."""
@@ -71,14 +92,39 @@ class GaussianOptimalEps(nn.Module):
         return a, -a * math.sqrt(ab) * self.mu
 
 
-def gaussian_diffusion(timesteps=T_GAUSS, beta_start=BETA_START, beta_end=BETA_END) -> DiffusionProcess:
-    ref = reference_schedule(timesteps, beta_start, beta_end)
-    model = GaussianOptimalEps(MU, SD, ref["alpha_bars"])
-    return DiffusionProcess(model, timesteps, beta_start, beta_end, clip_x0=False, sample_shape=SAMPLE_SHAPE)
+def gaussian_diffusion(
+    timesteps=T_GAUSS,
+    beta_start=BETA_START,
+    beta_end=BETA_END,
+    schedule="linear",
+    prediction_type="epsilon",
+    variance_type="fixed_small",
+) -> DiffusionProcess:
+    ref = reference_schedule(timesteps, beta_start, beta_end, schedule)
+    model = GaussianOptimalEps(MU, SD, ref["alpha_bars"], prediction_type)
+    return DiffusionProcess(
+        model,
+        timesteps,
+        beta_start,
+        beta_end,
+        beta_schedule=schedule,
+        prediction_type=prediction_type,
+        variance_type=variance_type,
+        clip_sample=False,
+        sample_shape=SAMPLE_SHAPE,
+    )
 
 
-def exact_chain(model: GaussianOptimalEps, ref: dict, sampler: str, num_steps: int, eta: float):
-    """x_0 = a x_T + b + (noise of variance v) for the sampler, from DDPM eq. 11 / DDIM eq. 12."""
+def exact_chain(
+    model: GaussianOptimalEps,
+    ref: dict,
+    sampler: str,
+    num_steps: int,
+    eta: float,
+    variance: str = "fixed_small",
+):
+    """x_0 = a x_T + b + (noise of variance v) for the sampler, from DDPM eq. 11 / DDIM eq. 12;
+    DDPM's σ_t² is β̃_t (fixed_small) or β_t (fixed_large), DDPM section 3.2."""
     ab_all, betas = ref["alpha_bars"], ref["betas"]
     a, b, v = 1.0, 0.0, 0.0
 
@@ -90,12 +136,11 @@ def exact_chain(model: GaussianOptimalEps, ref: dict, sampler: str, num_steps: i
         for t in range(len(betas) - 1, -1, -1):
             ea, eb = model.coefficients(t)
             ab, beta, abp = ab_all[t], betas[t], ref["alpha_bars_prev"][t]
-            # x_{t-1} = (x_t - β_t / √(1-ᾱ_t) ε) / √α_t + σ_t z, σ_t² = β̃_t           (DDPM eq. 11)
+            # x_{t-1} = (x_t - β_t / √(1-ᾱ_t) ε) / √α_t + σ_t z                         (DDPM eq. 11)
             k = beta / math.sqrt(1 - ab)
+            sigma2 = (1 - abp) / (1 - ab) * beta if variance == "fixed_small" else beta
             compose(
-                (1 - k * ea) / math.sqrt(1 - beta),
-                -k * eb / math.sqrt(1 - beta),
-                (1 - abp) / (1 - ab) * beta if t > 0 else 0.0,
+                (1 - k * ea) / math.sqrt(1 - beta), -k * eb / math.sqrt(1 - beta), sigma2 if t > 0 else 0.0
             )
         return a, b, v
     steps = reference_trailing(len(betas), num_steps)
@@ -136,10 +181,19 @@ def assert_moments(x: torch.Tensor, mean: float, var: float, mean_slack: float =
 # --- schedule ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("timesteps", "beta_start", "beta_end"), [(1000, 1e-4, 0.02), (20, 1e-3, 0.2)])
-def test_schedule_matches_closed_form(timesteps, beta_start, beta_end):
-    diffusion = DiffusionProcess(nn.Identity(), timesteps, beta_start, beta_end)
-    ref = reference_schedule(timesteps, beta_start, beta_end)
+SCHEDULES = [
+    (1000, 1e-4, 0.02, "linear"),
+    (20, 1e-3, 0.2, "linear"),
+    (1000, 1e-4, 0.02, "scaled_linear"),
+    (1000, 1e-4, 0.02, "squaredcos_cap_v2"),
+    (50, 1e-4, 0.02, "squaredcos_cap_v2"),
+]
+
+
+@pytest.mark.parametrize(("timesteps", "beta_start", "beta_end", "schedule"), SCHEDULES)
+def test_schedule_matches_closed_form(timesteps, beta_start, beta_end, schedule):
+    diffusion = DiffusionProcess(nn.Identity(), timesteps, beta_start, beta_end, beta_schedule=schedule)
+    ref = reference_schedule(timesteps, beta_start, beta_end, schedule)
     betas, alpha_bars, prev = ref["betas"], ref["alpha_bars"], ref["alpha_bars_prev"]
 
     np.testing.assert_allclose(diffusion.betas.numpy(), betas, rtol=1e-6)
@@ -152,12 +206,47 @@ def test_schedule_matches_closed_form(timesteps, beta_start, beta_end):
     np.testing.assert_allclose(diffusion.posterior_variance.numpy(), posterior, rtol=1e-6, atol=0)
     assert diffusion.posterior_variance[0].item() == 0.0
     assert (diffusion.posterior_variance[1:] > 0).all()
-    assert diffusion.schedule_config() == {
-        "timesteps": timesteps,
-        "beta_start": beta_start,
-        "beta_end": beta_end,
-        "clip_x0": True,
-    }
+    np.testing.assert_allclose(diffusion.alphas_cumprod.numpy(), alpha_bars, rtol=1e-6)
+    rebuilt = DiffusionProcess(nn.Identity(), **diffusion.schedule_config())
+    assert rebuilt.schedule_config() == diffusion.schedule_config()
+    assert torch.equal(rebuilt.betas, diffusion.betas)
+
+
+def test_trained_betas_are_the_schedule():
+    betas = reference_betas(30, 1e-3, 0.1, "scaled_linear")
+    diffusion = DiffusionProcess(nn.Identity(), 30, trained_betas=betas.tolist())
+    np.testing.assert_allclose(diffusion.betas.numpy(), betas, rtol=1e-6)
+    assert diffusion.schedule_config()["trained_betas"] == pytest.approx(betas.tolist())
+    with pytest.raises(DiagnosticsError, match="trained_betas holds 29 values"):
+        DiffusionProcess(nn.Identity(), 30, trained_betas=betas[:-1].tolist())
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("beta_schedule", "sigmoid"), ("prediction_type", "noise"), ("variance_type", "learned_range")],
+)
+def test_unknown_schedule_parametrization_or_variance_is_one_line(key, value):
+    with pytest.raises(DiagnosticsError, match=f"{key} '{value}' is not supported; use one of"):
+        DiffusionProcess(nn.Identity(), 20, **{key: value})
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_each_parametrization_gives_back_the_true_eps_and_x0(prediction_type):
+    """An oracle that outputs the true ε, v or x_0 of a noised image: eps_and_x0 recovers both ε
+    and x_0 from it, and the training target is exactly that output."""
+    diffusion = DiffusionProcess(nn.Identity(), 100, prediction_type=prediction_type)
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.rand(4, 1, 5, 5, generator=generator) * 2 - 1
+    t = torch.tensor([0, 10, 60, 99])
+    x_t, noise = diffusion.add_noise(x0, t, generator=generator)
+    ab = torch.from_numpy(reference_schedule(100, 1e-4, 0.02)["alpha_bars"])[t].reshape(-1, 1, 1, 1).float()
+    truth = {"epsilon": noise, "sample": x0, "v_prediction": ab.sqrt() * noise - (1 - ab).sqrt() * x0}
+    target = diffusion.training_target(x0, noise, t)
+    torch.testing.assert_close(target, truth[prediction_type], rtol=1e-5, atol=1e-5)
+    eps, x0_hat = diffusion.eps_and_x0(x_t, t, target)
+    # ε from x_0 divides by √(1-ᾱ_0) = 0.01, which magnifies float32 rounding there.
+    torch.testing.assert_close(eps, noise, rtol=0, atol=1e-3)
+    torch.testing.assert_close(x0_hat, x0, rtol=0, atol=1e-4)
 
 
 # --- forward process -----------------------------------------------------------------------------
@@ -213,7 +302,7 @@ class KnownEps(nn.Module):
 @pytest.mark.parametrize("eta", [0.0, 0.7, 1.0])
 def test_ddim_step_is_eq12(t, t_prev, eta, clip):
     T = 100
-    diffusion = DiffusionProcess(KnownEps(), T, clip_x0=clip)
+    diffusion = DiffusionProcess(KnownEps(), T, clip_sample=clip)
     ref = reference_schedule(T, 1e-4, 0.02)
     x_t = 1.5 * torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     ab = ref["alpha_bars"][t]
@@ -240,10 +329,11 @@ def test_ddim_step_is_eq12(t, t_prev, eta, clip):
         assert not torch.allclose(out, other), "the noise must come from the given generator"
 
 
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
 @pytest.mark.parametrize("t", [0, 1, 50, 99])
-def test_ddpm_step_is_eq11(t):
+def test_ddpm_step_is_eq11(t, variance):
     T = 100
-    diffusion = DiffusionProcess(KnownEps(), T, clip_x0=False)
+    diffusion = DiffusionProcess(KnownEps(), T, clip_sample=False, variance_type=variance)
     ref = reference_schedule(T, 1e-4, 0.02)
     x_t = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
 
@@ -255,8 +345,12 @@ def test_ddpm_step_is_eq11(t):
     expected = (x - beta / math.sqrt(1 - ab) * eps) / math.sqrt(1 - beta)
     if t > 0:
         z = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).double()
-        expected = expected + math.sqrt((1 - abp) / (1 - ab) * beta) * z
+        sigma2 = (1 - abp) / (1 - ab) * beta if variance == "fixed_small" else beta
+        expected = expected + math.sqrt(sigma2) * z
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    # The same step in the form a CUDA graph replays it (a one-element tensor t) adds no noise at 0.
+    as_tensor = diffusion.ddpm_step(x_t, torch.tensor([t]), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(as_tensor, out, rtol=0, atol=1e-6)
 
 
 # --- timesteps -----------------------------------------------------------------------------------
@@ -285,6 +379,33 @@ def test_trailing_timesteps_values():
     assert trailing_timesteps(10, 4) == [9, 7, 4, 1]  # round half to even, as numpy
 
 
+def numpy_timesteps(timesteps: int, num_steps: int, spacing: str, offset: int = 0) -> list[int]:
+    """diffusers' timestep_spacing, written from its definition (Lin et al. 2024, table 2)."""
+    if spacing == "linspace":
+        return np.linspace(0, timesteps - 1, num_steps).round()[::-1].astype(int).tolist()
+    if spacing == "leading":
+        return ((np.arange(num_steps) * (timesteps // num_steps)).round()[::-1] + offset).astype(int).tolist()
+    return (np.round(np.arange(timesteps, 0, -timesteps / num_steps)).astype(int) - 1).tolist()
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
+@pytest.mark.parametrize(
+    ("timesteps", "num_steps"), [(1000, 50), (1000, 30), (20, 7), (10, 4), (7, 7), (9, 1)]
+)
+def test_timestep_spacings_are_diffusers(spacing, timesteps, num_steps):
+    offset = 1 if spacing == "leading" and timesteps % num_steps else 0
+    steps = ddim_timesteps(timesteps, num_steps, spacing, offset)
+    assert steps == numpy_timesteps(timesteps, num_steps, spacing, offset)
+    assert all(a > b for a, b in pairwise(steps)) and 0 <= steps[-1] and steps[0] < timesteps
+
+
+def test_leading_spacing_past_the_schedule_is_one_line():
+    with pytest.raises(DiagnosticsError, match="steps_offset 5 puts the first"):
+        ddim_timesteps(20, 4, "leading", 5)
+    with pytest.raises(DiagnosticsError, match="timestep_spacing 'even' is not supported"):
+        SamplingOptions(timestep_spacing="even")
+
+
 @pytest.mark.parametrize("num_steps", [0, -1, 21])
 def test_trailing_timesteps_rejects_bad_step_counts(num_steps):
     with pytest.raises(DiagnosticsError, match="num_steps"):
@@ -311,6 +432,57 @@ SAMPLERS = [
     pytest.param("ddim", T_GAUSS, 1.0, id="ddim-eta1-S=T"),
     pytest.param("ddim", 250, 1.0, id="ddim-eta1-S=250"),
 ]
+
+
+# Each schedule × parametrization beyond the default one, with a stochastic and a deterministic sampler.
+OTHER_PROCESSES = [
+    pytest.param(
+        schedule,
+        prediction,
+        variance,
+        sampler,
+        num_steps,
+        eta,
+        id=f"{schedule}-{prediction}-{variance}-{sampler}",
+    )
+    for schedule in ("linear", "scaled_linear", "squaredcos_cap_v2")
+    for prediction in ("epsilon", "v_prediction", "sample")
+    for variance, sampler, num_steps, eta in (
+        ("fixed_small", "ddpm", T_GAUSS, 1.0),
+        ("fixed_small", "ddim", 250, 0.0),
+    )
+    if (schedule, prediction) != ("linear", "epsilon")
+] + [
+    pytest.param(
+        "linear", "epsilon", "fixed_large", "ddpm", T_GAUSS, 1.0, id="linear-epsilon-fixed_large-ddpm"
+    )
+]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "prediction", "variance", "sampler", "num_steps", "eta"), OTHER_PROCESSES
+)
+def test_every_schedule_and_parametrization_samples_the_exact_chain(
+    schedule, prediction, variance, sampler, num_steps, eta
+):
+    """The exact distribution of the sampler's output, from the ε chain alone: the network speaks
+    another parametrization, but the process must read it back to the same ε and x_0."""
+    diffusion = gaussian_diffusion(schedule=schedule, prediction_type=prediction, variance_type=variance)
+    ref = reference_schedule(T_GAUSS, BETA_START, BETA_END, schedule)
+    x_T = torch.randn(N_SAMPLES, *SAMPLE_SHAPE, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    if sampler == "ddpm":
+        x0 = diffusion.sample(x_T, generator=generator)
+    else:
+        x0 = diffusion.sample_ddim(x_T, num_steps, eta, generator=generator)
+    a, b, v = exact_chain(
+        GaussianOptimalEps(MU, SD, ref["alpha_bars"]), ref, sampler, num_steps, eta, variance
+    )
+    assert_moments(x0, b, a * a + v)
+    if eta == 0:
+        torch.testing.assert_close(x0.double(), a * x_T.double() + b, rtol=0, atol=2e-4)
+    # Near the data whatever the schedule; scaled_linear ends at ᾱ_T = 7e-4, a prior a little off N(0, I).
+    assert_moments(x0, MU, SD**2, mean_slack=0.01, var_slack=0.08 * SD**2)
 
 
 @pytest.mark.parametrize(("sampler", "num_steps", "eta"), SAMPLERS)
@@ -367,15 +539,18 @@ def test_ddim_eta0_is_deterministic_with_tiny_unet():
 
 @pytest.mark.parametrize("eta", [0.0, 0.6])
 def test_sample_ddim_is_its_public_steps_one_after_another(eta):
-    """The loop's coefficients, computed once for all steps, are those ddim_step computes per step."""
+    """The loop's coefficients, computed once for all steps, are those ddim_step computes per step.
+    Each step goes from t to t - T // S, as diffusers' DDIMScheduler does: with S = 7 that is not
+    always the next timestep visited (19 -> 17, then 16 -> 14, …), and the last step (2 -> 0)
+    ends at ᾱ_0, not at 1."""
     diffusion = DiffusionProcess(tiny_unet(), timesteps=20, beta_start=1e-3, beta_end=0.2)
     x_T = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     sampled = diffusion.sample_ddim(x_T, 7, eta, generator=torch.Generator().manual_seed(1))
 
     steps, x, generator = trailing_timesteps(20, 7), x_T, torch.Generator().manual_seed(1)
     with torch.inference_mode():
-        for i, t in enumerate(steps):
-            alpha_bar_prev = diffusion.alpha_bars[steps[i + 1]] if i + 1 < len(steps) else torch.ones(())
+        for t in steps:
+            alpha_bar_prev = diffusion.alpha_bars[t - 2] if t - 2 >= 0 else torch.ones(())
             x = diffusion.ddim_step(x, t, alpha_bar_prev, eta, generator)
     assert torch.equal(sampled, x)
 
@@ -433,23 +608,23 @@ def test_bf16_autocast_runs_the_network_in_bf16_and_the_sampler_in_float32():
     x_T = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([19, 10, 3, 0])
     with torch.inference_mode():
-        eps_float32 = diffusion._model_eps(x_T, t)
+        eps_float32 = diffusion._network(x_T, t)
         reference = diffusion.sample_ddim(x_T, 5)
     assert conv_dtypes == {torch.float32}
 
     conv_dtypes.clear()
-    diffusion.autocast_dtype = torch.bfloat16
     with torch.inference_mode():
-        eps_bf16 = diffusion._model_eps(x_T, t)
+        eps_bf16 = diffusion._network(x_T, t, torch.bfloat16)
     assert conv_dtypes == {torch.bfloat16}
     assert eps_bf16.dtype == torch.float32
     error = (eps_bf16 - eps_float32).abs().max().item()
     assert 0 < error < 0.05 * eps_float32.abs().max().item()
 
+    bf16 = SamplingOptions(precision="bfloat16")
     outputs = [
-        diffusion.sample_ddim(x_T, 5),
-        diffusion.sample(x_T, generator=torch.Generator().manual_seed(1)),
-        diffusion.ddim_invert(x_T.clamp(-1, 1), 5),
+        diffusion.sample_ddim(x_T, 5, options=bf16),
+        diffusion.sample(x_T, generator=torch.Generator().manual_seed(1), options=bf16),
+        diffusion.ddim_invert(x_T.clamp(-1, 1), 5, options=bf16),
     ]
     assert all(out.dtype == torch.float32 and torch.isfinite(out).all() for out in outputs)
     assert 0 < (outputs[0] - reference).abs().max() < 0.1

@@ -79,7 +79,7 @@ def test_training_stops_at_a_nan_loss_and_keeps_the_last_good_model(tmp_path, mo
     config = TrainConfig(steps=20, batch_size=4, val_every=3, val_size=8, save_every=3, log_every=1)
     data = torch.rand(16, 1, 28, 28) * 2 - 1
     model = {"base_channels": 8, "channel_mults": [1], "num_res_blocks": 1, "dropout": 0.0}
-    schedule = {"timesteps": 10, "beta_start": 1e-3, "beta_end": 0.2, "clip_x0": True}
+    schedule = {"timesteps": 10, "beta_start": 1e-3, "beta_end": 0.2, "clip_sample": True}
     summary = train(
         data, data[:8], model, schedule, config,
         tmp_path / "best.pt", tmp_path / "state.pt", tmp_path / "history.csv", progress=False,

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from diffusion_diagnostics import DiagnosticsError, DiffusionProcess
+from diffusion_diagnostics.diffusion import SamplingOptions
 from diffusion_diagnostics.fidelity import ddim_step_sweep, inversion_reconstruction
 
 from conftest import tiny_unet
@@ -26,7 +27,7 @@ class ZeroEps(nn.Module):
 
 
 def process(model) -> DiffusionProcess:
-    return DiffusionProcess(model, timesteps=T, beta_start=1e-3, beta_end=0.2, clip_x0=False)
+    return DiffusionProcess(model, timesteps=T, beta_start=1e-3, beta_end=0.2, clip_sample=False)
 
 
 def endpoints(n=2, seed=0):
@@ -65,11 +66,14 @@ def test_inversion_round_trip_is_exact_for_a_zero_predictor():
 def test_inversion_error_of_a_real_network_shrinks_with_more_steps():
     images = endpoints(2)[0].clamp(-1, 1)
     diffusion = process(tiny_unet())
-    diffusion.clip_x0 = True
     rows = inversion_reconstruction(diffusion, images, [2, 20], batch_size=4, progress=False)
-    assert diffusion.clip_x0 is True, "the caller's clipping setting is restored"
     coarse, fine = rows
     assert 0 < fine["rmse"] < coarse["rmse"]
+    # Clipping asked for is not applied: inversion inverts the unclipped map only.
+    clipped = inversion_reconstruction(
+        diffusion, images, [2, 20], batch_size=4, progress=False, options=SamplingOptions(clip_x0=True)
+    )
+    assert [row["rmse"] for row in clipped] == [row["rmse"] for row in rows]
 
 
 def test_step_counts_must_be_given():

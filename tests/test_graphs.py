@@ -1,4 +1,4 @@
-"""CUDA-graph sampling (``DiffusionProcess.cuda_graphs``): what a graph replays is the eager step.
+"""CUDA-graph sampling (``SamplingOptions(cuda_graphs=True)``): what a graph replays is the eager step.
 
 Capturing needs a GPU, which CI has not (the capture was run on one: BENCHMARKS.md). What can be
 checked here is everything the graph replays: each sampler's step in the form it is captured in,
@@ -16,22 +16,24 @@ from test_faults import process as breaking_process
 
 import diffusion_diagnostics.diffusion as diffusion_module
 from diffusion_diagnostics import DiagnosticsError, DiffusionProcess
-from diffusion_diagnostics.diffusion import NonFiniteWatch
+from diffusion_diagnostics.diffusion import NonFiniteWatch, SamplingOptions
 
 from conftest import tiny_unet
 
+GRAPHS = SamplingOptions(cuda_graphs=True)
 
-def run(diffusion: DiffusionProcess, sampler: str, x_T: torch.Tensor) -> torch.Tensor:
+
+def run(diffusion: DiffusionProcess, sampler: str, x_T: torch.Tensor, options=None) -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
     if sampler == "ddpm":
-        return diffusion.sample(x_T, generator=generator)
+        return diffusion.sample(x_T, generator=generator, options=options)
     if sampler == "ddpm_shared":
-        return diffusion.sample(x_T, generator=generator, shared_noise=2)
+        return diffusion.sample(x_T, generator=generator, shared_noise=2, options=options)
     if sampler == "ddim":
-        return diffusion.sample_ddim(x_T, 7)
+        return diffusion.sample_ddim(x_T, 7, options=options)
     if sampler == "ddim_eta":
-        return diffusion.sample_ddim(x_T, 7, eta=0.6, generator=generator)
-    return diffusion.ddim_invert(x_T.clamp(-1, 1), 7)
+        return diffusion.sample_ddim(x_T, 7, eta=0.6, generator=generator, options=options)
+    return diffusion.ddim_invert(x_T.clamp(-1, 1), 7, options=options)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddpm_shared", "ddim", "ddim_eta", "invert"])
@@ -41,8 +43,7 @@ def test_graph_form_of_each_step_gives_the_eager_result(sampler, replays):
     eager = run(diffusion, sampler, x_T)
     assert replays == []
 
-    diffusion.cuda_graphs = True
-    graphed = run(diffusion, sampler, x_T)
+    graphed = run(diffusion, sampler, x_T, GRAPHS)
     assert replays == [20 if sampler.startswith("ddpm") else 7]
     assert torch.equal(graphed, eager)
     assert torch.isfinite(eager).all() and eager.abs().max() > 0.1
@@ -53,15 +54,14 @@ def test_graph_form_of_each_step_gives_the_eager_result(sampler, replays):
 )
 def test_graph_form_still_names_the_first_bad_timestep(sampler, bad_from, named, replays):
     diffusion = breaking_process(bad_from)
-    diffusion.cuda_graphs = True
     x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     with pytest.raises(DiagnosticsError, match=f"NaN or Inf at timestep {named};"):
         if sampler == "ddpm":
-            diffusion.sample(x, generator=torch.Generator().manual_seed(0))
+            diffusion.sample(x, generator=torch.Generator().manual_seed(0), options=GRAPHS)
         elif sampler == "ddim":
-            diffusion.sample_ddim(x, num_steps=5)
+            diffusion.sample_ddim(x, num_steps=5, options=GRAPHS)
         else:
-            diffusion.ddim_invert(x, num_steps=5)
+            diffusion.ddim_invert(x, num_steps=5, options=GRAPHS)
     assert len(replays) == 1
 
 
@@ -83,5 +83,4 @@ def test_cuda_graphs_change_nothing_off_cuda(monkeypatch):
     diffusion = DiffusionProcess(tiny_unet(), timesteps=20, beta_start=1e-3, beta_end=0.2)
     x_T = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     eager = diffusion.sample_ddim(x_T, 5)
-    diffusion.cuda_graphs = True
-    assert torch.equal(diffusion.sample_ddim(x_T, 5), eager)
+    assert torch.equal(diffusion.sample_ddim(x_T, 5, options=GRAPHS), eager)

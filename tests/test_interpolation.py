@@ -17,6 +17,7 @@ from diffusion_diagnostics import (
     interpolation_grid,
     save_grid,
 )
+from diffusion_diagnostics.diffusion import SamplingOptions
 from diffusion_diagnostics.interpolation import (
     interpolate_real,
     load_endpoints,
@@ -395,17 +396,26 @@ def test_interpolate_real_rows_start_and_end_with_the_real_digits():
     diffusion = DiffusionProcess(tiny_unet(), timesteps=T, beta_start=1e-3, beta_end=0.2)
     x_a, x_b = endpoints(2, (1, 28, 28), seed=3)
     x_a, x_b = x_a.clamp(-1, 1), x_b.clamp(-1, 1)
-    diffusion.clip_x0 = True
-    images = interpolate_real(diffusion, x_a, x_b, steps=4, num_steps=T, batch_size=3, progress=False)
-    assert diffusion.clip_x0 is True, "the caller's clipping setting is restored"
+    # Clipping asked for is ignored: only the unclipped DDIM map is inverted by DDIM inversion.
+    images = interpolate_real(
+        diffusion,
+        x_a,
+        x_b,
+        steps=4,
+        num_steps=T,
+        batch_size=3,
+        progress=False,
+        options=SamplingOptions(clip_x0=True),
+    )
     rows = images.reshape(2, 6, 1, 28, 28)
     assert torch.equal(rows[:, 0], x_a) and torch.equal(rows[:, -1], x_b)
     assert torch.isfinite(rows).all()
     # The decoded path: the DDIM grid from the inverted noise, so its ends are the reconstructions.
-    diffusion.clip_x0 = False
+    unclipped = SamplingOptions(clip_x0=False)
     noise = diffusion.ddim_invert(torch.cat([x_a, x_b]), T)
-    torch.testing.assert_close(rows[:, 1], diffusion.sample_ddim(noise[:2], T), rtol=0, atol=1e-5)
-    torch.testing.assert_close(rows[:, 4], diffusion.sample_ddim(noise[2:], T), rtol=0, atol=1e-5)
+    for column, pair in ((1, noise[:2]), (4, noise[2:])):
+        decoded = diffusion.sample_ddim(pair, T, options=unclipped)
+        torch.testing.assert_close(rows[:, column], decoded, rtol=0, atol=1e-5)
 
 
 def test_saved_grid_images_round_trip_and_a_bad_file_names_its_rule(tmp_path):

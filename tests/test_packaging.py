@@ -1,4 +1,4 @@
-"""environment.yml (conda users) lists exactly pyproject.toml's dependencies and its slurm and diffusers extras."""
+"""environment.yml (conda users) lists exactly pyproject.toml's dependencies, slurm and diffusers extras."""
 
 import tomllib
 import yaml

@@ -105,7 +105,8 @@ def timestep_loss_statistics(
         noise = torch.randn(x0.shape, generator=generator)
         t, noise = t.to(device), noise.to(device)
         x_t, _ = diffusion.add_noise(x0, t, noise=noise)
-        error = (diffusion.model(x_t, t) - noise).pow(2).flatten(1).mean(1).double()
+        eps, _ = diffusion.eps_and_x0(x_t, t, diffusion.model(x_t, t))
+        error = (eps - noise).pow(2).flatten(1).mean(1).double()
         if not torch.isfinite(error).all():
             bad = int(t[~torch.isfinite(error)][0])
             raise DiagnosticsError(

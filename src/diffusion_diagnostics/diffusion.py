@@ -1,17 +1,31 @@
-"""The forward noising process and the DDPM / DDIM samplers around an ε-prediction network.
+"""The forward noising process and the DDPM / DDIM samplers around a denoising network.
 
-References: Ho et al. 2020, "Denoising Diffusion Probabilistic Models" (DDPM) and
-Song et al. 2021, "Denoising Diffusion Implicit Models" (DDIM). Equation numbers below are theirs.
+Schedules, parametrizations and variances carry diffusers' names and meanings, so that a
+scheduler config maps onto :class:`DiffusionProcess` one to one.
+
+References: Ho et al. 2020, "Denoising Diffusion Probabilistic Models" (DDPM);
+Song et al. 2021, "Denoising Diffusion Implicit Models" (DDIM); Nichol & Dhariwal 2021,
+"Improved Denoising Diffusion Probabilistic Models" (the cosine schedule); Salimans & Ho 2022,
+"Progressive Distillation for Fast Sampling of Diffusion Models" (v-prediction). Equation numbers
+below are theirs.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .errors import DiagnosticsError
 from .graphs import can_capture, replay_steps
-from .runtime import progress_bar
+from .runtime import autocast_dtype, progress_bar
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+VARIANCE_TYPES = ("fixed_small", "fixed_large")
+TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
 
 
 def extract(coefficients: torch.Tensor, t: torch.Tensor | int, ndim: int) -> torch.Tensor:
@@ -32,14 +46,108 @@ def at_step(values: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
     return values[i] if isinstance(i, int) else values.index_select(0, i)
 
 
-def trailing_timesteps(timesteps: int, num_steps: int) -> list[int]:
-    """Descending timesteps for an S-step sampler, "trailing" spacing: the first one is T-1."""
+def _one_of(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise DiagnosticsError(f"{what} '{value}' is not supported; use one of {', '.join(allowed)}")
+    return value
+
+
+def make_betas(
+    timesteps: int,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    beta_schedule: str = "linear",
+    trained_betas: list[float] | None = None,
+) -> torch.Tensor:
+    """β_1 … β_T in float64, as diffusers' schedulers define them (they compute in float32)."""
+    if trained_betas is not None:
+        betas = torch.tensor(list(trained_betas), dtype=torch.float64)
+        if betas.ndim != 1 or len(betas) != timesteps:
+            raise DiagnosticsError(
+                f"trained_betas holds {betas.numel()} values; the schedule has {timesteps} timesteps"
+            )
+    elif _one_of(beta_schedule, BETA_SCHEDULES, "beta_schedule") == "linear":
+        betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+    elif beta_schedule == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, timesteps, dtype=torch.float64) ** 2
+    else:
+        # ᾱ(s) = cos²((s + 0.008) / 1.008 · π/2), β_t = 1 - ᾱ(t/T) / ᾱ((t-1)/T), capped at 0.999
+        def alpha_bar(s: float) -> float:
+            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        betas = torch.tensor(
+            [
+                min(1 - alpha_bar((i + 1) / timesteps) / alpha_bar(i / timesteps), 0.999)
+                for i in range(timesteps)
+            ],
+            dtype=torch.float64,
+        )
+    if not ((betas > 0) & (betas < 1)).all():
+        raise DiagnosticsError(
+            f"every β must lie in (0, 1); this schedule has β from {betas.min()} to {betas.max()}"
+        )
+    return betas
+
+
+def ddim_timesteps(
+    timesteps: int, num_steps: int, spacing: str = "trailing", steps_offset: int = 0
+) -> list[int]:
+    """Descending timesteps of an S-step DDIM sampler, spaced as diffusers' ``timestep_spacing``.
+
+    trailing: the first one is T-1 (round(T - i·T/S) - 1); leading: i·(T // S) + steps_offset,
+    the last one near 0; linspace: S values from 0 to T-1, rounded.
+    """
     if not 1 <= num_steps <= timesteps:
         raise DiagnosticsError(
             f"DDIM num_steps must be between 1 and the number of timesteps ({timesteps}), got {num_steps}"
         )
-    stride = timesteps / num_steps
-    return [round(timesteps - i * stride) - 1 for i in range(num_steps)]
+    if _one_of(spacing, TIMESTEP_SPACINGS, "timestep_spacing") == "trailing":
+        stride = timesteps / num_steps
+        return [round(timesteps - i * stride) - 1 for i in range(num_steps)]
+    if spacing == "leading":
+        steps = [i * (timesteps // num_steps) + steps_offset for i in reversed(range(num_steps))]
+        if steps[0] >= timesteps:
+            raise DiagnosticsError(
+                f"steps_offset {steps_offset} puts the first of {num_steps} leading timesteps at {steps[0]}, "
+                f"past the schedule's last ({timesteps - 1}); lower steps_offset"
+            )
+        return steps
+    # As numpy's linspace computes it (i · step, the end exactly), so that the rounding agrees.
+    step = (timesteps - 1) / (num_steps - 1) if num_steps > 1 else 0.0
+    points = [i * step for i in range(num_steps - 1)] + [float(timesteps - 1)] if num_steps > 1 else [0.0]
+    return [round(point) for point in reversed(points)]
+
+
+def trailing_timesteps(timesteps: int, num_steps: int) -> list[int]:
+    """Descending timesteps for an S-step sampler, "trailing" spacing: the first one is T-1."""
+    return ddim_timesteps(timesteps, num_steps, "trailing")
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How a sampler runs, given per call; none of it is stored on the model.
+
+    - ``clip_x0``: hold each step's x̂_0 to [-r, r] (diffusers' ``clip_sample``, r its
+      ``clip_sample_range``); None takes the model's own default (its scheduler config's).
+    - ``precision``: ``float32``, or ``bfloat16`` for the network's forward passes under autocast
+      (faster where the hardware has bf16 units; the sampler's own arithmetic stays float32).
+    - ``cuda_graphs``: on a CUDA device, capture one step as a CUDA graph and replay it (.graphs);
+      no effect elsewhere.
+    - ``timestep_spacing``, ``steps_offset``: which timesteps an S-step DDIM visits
+      (:func:`ddim_timesteps`); DDPM always visits all T.
+    """
+
+    clip_x0: bool | None = None
+    precision: str = "float32"
+    cuda_graphs: bool = False
+    timestep_spacing: str = "trailing"
+    steps_offset: int = 0
+
+    def __post_init__(self):
+        autocast_dtype(self.precision)
+        _one_of(self.timestep_spacing, TIMESTEP_SPACINGS, "timestep_spacing")
+        if self.steps_offset < 0:
+            raise DiagnosticsError(f"steps_offset must be at least 0, got {self.steps_offset}")
 
 
 class NonFiniteWatch:
@@ -67,10 +175,15 @@ class NonFiniteWatch:
 
 
 class DiffusionProcess(nn.Module):
-    """An ε-model with its linear β schedule: noising, DDPM and DDIM sampling, DDIM inversion.
+    """A denoising network with its noise schedule: noising, DDPM and DDIM sampling, DDIM inversion.
 
-    The model is called as ``model(x_t, t)`` with ``t`` an int64 tensor of shape ``(B,)``.
-    Schedule tensors are buffers, so ``diffusion.to(device)`` moves them with the model.
+    The network is called as ``model(x_t, t)`` with ``t`` an int64 tensor of shape ``(B,)``; what
+    it returns is read according to ``prediction_type`` (ε, v or x_0) by :meth:`eps_and_x0`, the
+    one place that knows the parametrization. The arguments are diffusers' scheduler config keys
+    (``timesteps`` is its ``num_train_timesteps``); the defaults are a linear β schedule from 1e-4
+    to 0.02 over 1000 steps, ε-prediction and σ_t² = β̃_t. ``clip_sample`` is only the model's
+    default for the samplers' ``clip_x0`` (see :class:`SamplingOptions`). Schedule tensors are
+    buffers, so ``diffusion.to(device)`` moves them with the model.
     """
 
     def __init__(
@@ -79,7 +192,13 @@ class DiffusionProcess(nn.Module):
         timesteps: int = 1000,
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
-        clip_x0: bool = True,
+        beta_schedule: str = "linear",
+        trained_betas: list[float] | None = None,
+        prediction_type: str = "epsilon",
+        variance_type: str = "fixed_small",
+        clip_sample: bool = True,
+        clip_sample_range: float = 1.0,
+        set_alpha_to_one: bool = True,
         sample_shape: tuple[int, ...] | None = None,
     ):
         super().__init__()
@@ -87,65 +206,150 @@ class DiffusionProcess(nn.Module):
         self.timesteps = timesteps
         self.beta_start = beta_start
         self.beta_end = beta_end
-        self.clip_x0 = clip_x0
-        # bfloat16: the network's forward passes run under autocast (faster where the hardware has
-        # bf16 matrix units: GPUs, CPUs with AMX), ε comes back as float32 and the sampler's own
-        # arithmetic stays float32. None: everything float32. A run-time choice, not saved.
-        self.autocast_dtype: torch.dtype | None = None
-        # True: on a CUDA device each sampler step is captured once as a CUDA graph and replayed
-        # (see .graphs); no effect elsewhere. A run-time choice, not saved.
-        self.cuda_graphs = False
+        self.beta_schedule = beta_schedule
+        self.trained_betas = None if trained_betas is None else [float(b) for b in trained_betas]
+        self.prediction_type = _one_of(prediction_type, PREDICTION_TYPES, "prediction_type")
+        self.variance_type = _one_of(variance_type, VARIANCE_TYPES, "variance_type")
+        self.clip_sample = bool(clip_sample)
+        self.clip_sample_range = float(clip_sample_range)
+        self.set_alpha_to_one = bool(set_alpha_to_one)
         self.sample_shape = tuple(sample_shape or getattr(model, "sample_shape", (1, 28, 28)))
 
         # Computed in float64 so that ᾱ_t near t = T keeps its digits, then stored as float32.
-        betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+        betas = make_betas(timesteps, beta_start, beta_end, beta_schedule, trained_betas)
         alphas = 1.0 - betas
-        alpha_bars = torch.cumprod(alphas, dim=0)
-        alpha_bars_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars[:-1]])
+        alphas_cumprod = torch.cumprod(alphas, dim=0)
+        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
         schedule = {
             "betas": betas,
             "alphas": alphas,
-            "alpha_bars": alpha_bars,
-            "alpha_bars_prev": alpha_bars_prev,
-            "sqrt_alpha_bars": alpha_bars.sqrt(),
-            "sqrt_one_minus_alpha_bars": (1.0 - alpha_bars).sqrt(),
+            "alphas_cumprod": alphas_cumprod,
+            "alphas_cumprod_prev": alphas_cumprod_prev,
+            "sqrt_alpha_bars": alphas_cumprod.sqrt(),
+            "sqrt_one_minus_alpha_bars": (1.0 - alphas_cumprod).sqrt(),
             # β̃_t = (1 - ᾱ_{t-1}) / (1 - ᾱ_t) · β_t                                  (DDPM eq. 7)
-            "posterior_variance": (1.0 - alpha_bars_prev) / (1.0 - alpha_bars) * betas,
+            "posterior_variance": (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod) * betas,
             # μ̃_t(x_t, x_0) = c0 · x_0 + ct · x_t                                       (DDPM eq. 7)
-            "posterior_mean_coef_x0": alpha_bars_prev.sqrt() * betas / (1.0 - alpha_bars),
-            "posterior_mean_coef_xt": alphas.sqrt() * (1.0 - alpha_bars_prev) / (1.0 - alpha_bars),
+            "posterior_mean_coef_x0": alphas_cumprod_prev.sqrt() * betas / (1.0 - alphas_cumprod),
+            "posterior_mean_coef_xt": alphas.sqrt() * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod),
         }
         for name, values in schedule.items():
             self.register_buffer(name, values.float(), persistent=False)
-        # σ_t = √β̃_t, the DDPM step's noise scale, from the float32 variance as the step used it.
-        self.register_buffer("posterior_std", self.posterior_variance.sqrt(), persistent=False)
+        # σ_t of the DDPM step, from the float32 variance as the step uses it: σ_t² = β̃_t
+        # (fixed_small) or β_t (fixed_large), DDPM section 3.2.
+        step_variance = self.posterior_variance if variance_type == "fixed_small" else self.betas
+        self.register_buffer("ddpm_std", step_variance.sqrt(), persistent=False)
+        # ᾱ after a DDIM step whose target lies before t = 0 (diffusers' final_alpha_cumprod).
+        self.register_buffer(
+            "final_alpha_cumprod",
+            torch.ones(()) if set_alpha_to_one else self.alphas_cumprod[0].clone(),
+            persistent=False,
+        )
         # Views of this give per-step timestep tensors without allocating one per step.
         self.register_buffer("timestep_ids", torch.arange(timesteps), persistent=False)
 
     @property
     def device(self) -> torch.device:
-        return self.alpha_bars.device
+        return self.alphas_cumprod.device
+
+    @property
+    def alpha_bars(self) -> torch.Tensor:
+        """ᾱ_t, the name this package used before taking diffusers' ``alphas_cumprod``."""
+        return self.alphas_cumprod
 
     def schedule_config(self) -> dict:
-        return {
+        """The constructor arguments that rebuild this schedule (a checkpoint stores them)."""
+        config = {
             "timesteps": self.timesteps,
             "beta_start": self.beta_start,
             "beta_end": self.beta_end,
-            "clip_x0": self.clip_x0,
+            "beta_schedule": self.beta_schedule,
+            "prediction_type": self.prediction_type,
+            "variance_type": self.variance_type,
+            "clip_sample": self.clip_sample,
+            "clip_sample_range": self.clip_sample_range,
+            "set_alpha_to_one": self.set_alpha_to_one,
         }
+        if self.trained_betas is not None:
+            config["trained_betas"] = list(self.trained_betas)
+        return config
 
-    def _model_eps(
-        self, x_t: torch.Tensor, t: torch.Tensor, watch: NonFiniteWatch | None = None
+    def describe(self) -> str:
+        """One line for logs and captions: schedule, T and parametrization."""
+        schedule = "trained betas" if self.trained_betas is not None else f"{self.beta_schedule} β"
+        if self.trained_betas is None and self.beta_schedule != "squaredcos_cap_v2":
+            schedule += f" {self.beta_start:g} → {self.beta_end:g}"
+        return f"{schedule}, T = {self.timesteps}, {self.prediction_type}, {self.variance_type}"
+
+    # --- the parametrization ---------------------------------------------------------------
+
+    def eps_and_x0(
+        self, x_t: torch.Tensor, t: torch.Tensor | int, output: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ε̂, x̂_0) from the network's ``output`` at x_t, t, whatever it predicts.
+
+        With x_t = √ᾱ x_0 + √(1-ᾱ) ε (DDPM eq. 4) and v = √ᾱ ε - √(1-ᾱ) x_0 (Salimans & Ho,
+        section 4), each of ε, v and x_0 gives the other two.
+        """
+        a, s = (
+            extract(self.sqrt_alpha_bars, t, x_t.ndim),
+            extract(self.sqrt_one_minus_alpha_bars, t, x_t.ndim),
+        )
+        if self.prediction_type == "epsilon":
+            return output, (x_t - s * output) / a
+        if self.prediction_type == "v_prediction":
+            return a * output + s * x_t, a * x_t - s * output
+        return (x_t - a * output) / s, output
+
+    def velocity(self, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """v = √ᾱ_t ε - √(1 - ᾱ_t) x_0, the v-prediction target."""
+        return (
+            extract(self.sqrt_alpha_bars, t, x_0.ndim) * noise
+            - extract(self.sqrt_one_minus_alpha_bars, t, x_0.ndim) * x_0
+        )
+
+    def training_target(self, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """What the network learns to output for x_t = add_noise(x_0, t, noise): ε, v or x_0."""
+        if self.prediction_type == "epsilon":
+            return noise
+        if self.prediction_type == "v_prediction":
+            return self.velocity(x_0, noise, t)
+        return x_0
+
+    def _network(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        autocast: torch.dtype | None = None,
+        watch: NonFiniteWatch | None = None,
     ) -> torch.Tensor:
-        if self.autocast_dtype is None:
-            eps = self.model(x_t, t)
+        if autocast is None:
+            output = self.model(x_t, t)
         else:
-            with torch.autocast(x_t.device.type, dtype=self.autocast_dtype):
-                eps = self.model(x_t, t).float()
+            with torch.autocast(x_t.device.type, dtype=autocast):
+                output = self.model(x_t, t).float()
         if watch is not None:
-            # The model's own output, since clipping x̂_0 can hide an Inf in ε from x.
-            watch.update(eps, t[0])
-        return eps
+            # The network's own output, since clipping x̂_0 can hide an Inf from x.
+            watch.update(output, t[0])
+        return output
+
+    def _denoise(
+        self,
+        x_t: torch.Tensor,
+        t: int | torch.Tensor,
+        clip: bool,
+        autocast: torch.dtype | None,
+        watch: NonFiniteWatch | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ε̂, x̂_0) at x_t for one t shared by the batch (an int or a one-element tensor)."""
+        output = self._network(x_t, at_step(self.timestep_ids, t).expand(x_t.shape[0]), autocast, watch)
+        eps, x0 = self.eps_and_x0(x_t, t, output)
+        if clip:
+            x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
+        return eps, x0
+
+    def _clips(self, options: SamplingOptions) -> bool:
+        return self.clip_sample if options.clip_x0 is None else options.clip_x0
 
     def _run_steps(
         self,
@@ -153,6 +357,7 @@ class DiffusionProcess(nn.Module):
         x: torch.Tensor,
         num_steps: int,
         generator: torch.Generator | None,
+        options: SamplingOptions,
         progress: bool,
         desc: str,
     ) -> torch.Tensor:
@@ -161,7 +366,7 @@ class DiffusionProcess(nn.Module):
         ``step`` takes ``i`` as an int or as a one-element int64 tensor on x's device (see
         :func:`at_step`), and must give the same result for both (the graph replays the tensor form).
         """
-        if self.cuda_graphs and can_capture(x.device):
+        if options.cuda_graphs and can_capture(x.device):
             return replay_steps(step, x, num_steps, generator, progress, desc)
         for i in progress_bar(range(num_steps), desc=desc, disable=not progress):
             x = step(x, i)
@@ -185,15 +390,6 @@ class DiffusionProcess(nn.Module):
         )
         return x_t, noise
 
-    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor) -> torch.Tensor:
-        """x̂_0 = (x_t - √(1 - ᾱ_t) ε) / √ᾱ_t, the inverse of eq. 4 given ε."""
-        return (x_t - extract(self.sqrt_one_minus_alpha_bars, t, x_t.ndim) * eps) / extract(
-            self.sqrt_alpha_bars, t, x_t.ndim
-        )
-
-    def _maybe_clip(self, x0: torch.Tensor) -> torch.Tensor:
-        return x0.clamp(-1.0, 1.0) if self.clip_x0 else x0
-
     # --- DDPM ------------------------------------------------------------------------------
 
     def posterior_mean_variance(
@@ -213,20 +409,26 @@ class DiffusionProcess(nn.Module):
         generator: torch.Generator | None = None,
         watch: NonFiniteWatch | None = None,
         shared_noise: int = 1,
+        clip_x0: bool | None = None,
+        autocast: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """One ancestral step x_t -> x_{t-1} with σ_t² = β̃_t.
+        """One ancestral step x_t -> x_{t-1}: mean μ̃(x_t, x̂_0), σ_t² by ``variance_type``.
 
         Without clipping, μ̃(x_t, x̂_0(ε)) equals DDPM eq. 11; with clipping x̂_0 is first held to
-        the data range, as in the DDPM reference code. Consecutive groups of ``shared_noise``
-        images get the same noise z (see :meth:`sample`). ``t``: an int or a one-element tensor.
+        the data range, as in the DDPM reference code and diffusers. Consecutive groups of
+        ``shared_noise`` images get the same noise z (see :meth:`sample`). ``t``: an int or a
+        one-element tensor; ``clip_x0`` None: the model's default.
         """
-        eps = self._model_eps(x_t, at_step(self.timestep_ids, t).expand(x_t.shape[0]), watch)
+        clip = self.clip_sample if clip_x0 is None else clip_x0
+        _, x0 = self._denoise(x_t, t, clip, autocast, watch)
         # One t for the batch: the schedule values are looked up once, nothing is synced per step.
-        x0 = self._maybe_clip(self.predict_x0(x_t, t, eps))
         mean, _ = self.posterior_mean_variance(x_t, t, x0)
         if isinstance(t, int) and t == 0:
-            return mean  # β̃_0 = 0: the last step adds no noise (a tensor t adds 0 · z instead)
-        return mean + at_step(self.posterior_std, t) * self._step_noise(x_t, generator, shared_noise)
+            return mean  # the last step adds no noise (a tensor t adds 0 · z instead, β̃_0 = 0)
+        std = at_step(self.ddpm_std, t)
+        if not isinstance(t, int):
+            std = std * (t > 0)  # fixed_large's σ_0 = √β_0 is not 0: the last step must add none
+        return mean + std * self._step_noise(x_t, generator, shared_noise)
 
     @staticmethod
     def _step_noise(x: torch.Tensor, generator: torch.Generator | None, shared: int = 1) -> torch.Tensor:
@@ -247,6 +449,7 @@ class DiffusionProcess(nn.Module):
         progress: bool = False,
         desc: str = "DDPM",
         shared_noise: int = 1,
+        options: SamplingOptions | None = None,
     ) -> torch.Tensor:
         """Run all T ancestral steps from x_T (DDPM Algorithm 2); stochastic.
 
@@ -254,6 +457,7 @@ class DiffusionProcess(nn.Module):
         (common random numbers): the images of an interpolation row then differ only through
         their starting noise, not through independent sampling noise.
         """
+        options = options or SamplingOptions()
         if shared_noise < 1 or x_T.shape[0] % shared_noise:
             raise DiagnosticsError(
                 f"shared_noise = {shared_noise} must be at least 1 and divide the batch of {x_T.shape[0]}"
@@ -261,16 +465,34 @@ class DiffusionProcess(nn.Module):
         x = x_T.to(self.device)
         watch = NonFiniteWatch(x.device)
         descending = self.timestep_ids.flip(0)
+        clip, autocast = self._clips(options), autocast_dtype(options.precision)
 
         def step(x: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
             t = self.timesteps - 1 - i if isinstance(i, int) else at_step(descending, i)
-            return self.ddpm_step(x, t, generator, watch, shared_noise)
+            return self.ddpm_step(x, t, generator, watch, shared_noise, clip, autocast)
 
-        x = self._run_steps(step, x, self.timesteps, generator, progress, desc)
+        x = self._run_steps(step, x, self.timesteps, generator, options, progress, desc)
         watch.raise_if_bad("DDPM sampling")
         return x
 
     # --- DDIM ------------------------------------------------------------------------------
+
+    def ddim_schedule(
+        self, num_steps: int, options: SamplingOptions | None = None
+    ) -> tuple[list[int], torch.Tensor]:
+        """The S timesteps a DDIM run visits and ᾱ after each step.
+
+        As diffusers' DDIMScheduler: the step from t goes to t - T // S, and a target before
+        t = 0 has ᾱ = 1 (``set_alpha_to_one``, else ᾱ_0). Where S divides T (the usual case)
+        that target is the next timestep visited.
+        """
+        options = options or SamplingOptions()
+        steps = ddim_timesteps(self.timesteps, num_steps, options.timestep_spacing, options.steps_offset)
+        targets = torch.tensor(steps, device=self.device) - self.timesteps // num_steps
+        alpha_bar_prev = torch.where(
+            targets >= 0, self.alphas_cumprod[targets.clamp(min=0)], self.final_alpha_cumprod
+        )
+        return steps, alpha_bar_prev
 
     @staticmethod
     def ddim_coefficients(
@@ -289,10 +511,11 @@ class DiffusionProcess(nn.Module):
         eta: float,
         generator: torch.Generator | None,
         watch: NonFiniteWatch | None,
+        clip: bool,
+        autocast: torch.dtype | None,
     ) -> torch.Tensor:
         sqrt_alpha_bar_prev, direction_scale, sigma = coefficients
-        eps = self._model_eps(x_t, at_step(self.timestep_ids, t).expand(x_t.shape[0]), watch)
-        x0 = self._maybe_clip(self.predict_x0(x_t, t, eps))
+        eps, x0 = self._denoise(x_t, t, clip, autocast, watch)
         # x_prev = √ᾱ_prev x̂_0 + √(1 - ᾱ_prev - σ²) ε + σ z                             (DDIM eq. 12)
         x_prev = sqrt_alpha_bar_prev * x0 + direction_scale * eps
         if eta > 0:
@@ -307,10 +530,12 @@ class DiffusionProcess(nn.Module):
         eta: float = 0.0,
         generator: torch.Generator | None = None,
         watch: NonFiniteWatch | None = None,
+        clip_x0: bool | None = None,
     ) -> torch.Tensor:
         """One generalised step x_t -> x_{t_prev} with σ controlled by η.              (DDIM eq. 12)"""
-        coefficients = self.ddim_coefficients(self.alpha_bars[t], alpha_bar_prev, eta)
-        return self._ddim_update(x_t, t, coefficients, eta, generator, watch)
+        coefficients = self.ddim_coefficients(self.alphas_cumprod[t], alpha_bar_prev, eta)
+        clip = self.clip_sample if clip_x0 is None else clip_x0
+        return self._ddim_update(x_t, t, coefficients, eta, generator, watch, clip, None)
 
     @torch.inference_mode()
     def sample_ddim(
@@ -321,52 +546,62 @@ class DiffusionProcess(nn.Module):
         generator: torch.Generator | None = None,
         progress: bool = False,
         desc: str = "DDIM",
+        options: SamplingOptions | None = None,
     ) -> torch.Tensor:
-        """DDIM sampling over S trailing timesteps; the last step goes to ᾱ_prev = 1.
+        """DDIM sampling over S timesteps (:meth:`ddim_schedule`).
 
         With η = 0 the map x_T -> x_0 is deterministic; with S = T and η = 1 it is DDPM with
         σ_t² = β̃_t.
         """
+        options = options or SamplingOptions()
         x = x_T.to(self.device)
-        steps = trailing_timesteps(self.timesteps, num_steps)
+        steps, alpha_bar_prev = self.ddim_schedule(num_steps, options)
         # Every step's coefficients at once, before the loop; the loop only takes views of them.
-        alpha_bar_t = self.alpha_bars[steps]
-        alpha_bar_prev = torch.cat([alpha_bar_t[1:], torch.ones(1, device=self.device)])
-        coefficients = self.ddim_coefficients(alpha_bar_t, alpha_bar_prev, eta)
+        coefficients = self.ddim_coefficients(self.alphas_cumprod[steps], alpha_bar_prev, eta)
         steps_on_device = torch.tensor(steps, device=self.device)
         watch = NonFiniteWatch(x.device)
+        clip, autocast = self._clips(options), autocast_dtype(options.precision)
 
         def step(x: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
             t = steps[i] if isinstance(i, int) else at_step(steps_on_device, i)
             step_coefficients = tuple(at_step(values, i) for values in coefficients)
-            return self._ddim_update(x, t, step_coefficients, eta, generator, watch)
+            return self._ddim_update(x, t, step_coefficients, eta, generator, watch, clip, autocast)
 
-        x = self._run_steps(step, x, num_steps, generator, progress, desc)
+        x = self._run_steps(step, x, num_steps, generator, options, progress, desc)
         watch.raise_if_bad("DDIM sampling")
         return x
 
     @torch.inference_mode()
-    def ddim_invert(self, x_0: torch.Tensor, num_steps: int = 50, progress: bool = False) -> torch.Tensor:
+    def ddim_invert(
+        self,
+        x_0: torch.Tensor,
+        num_steps: int = 50,
+        progress: bool = False,
+        options: SamplingOptions | None = None,
+    ) -> torch.Tensor:
         """Encode x_0 to x_T by running the η = 0 DDIM update forwards (DDIM section 4.3, eq. 13).
 
-        Each step re-uses the ε that the decoder would use at the target timestep, evaluated at
-        the current point; no clipping, since clipping is not invertible.
+        The steps of :meth:`sample_ddim` in reverse: each re-uses the ε that the decoder would use
+        at its timestep, evaluated at the current point. Never clipped (``options.clip_x0`` is
+        ignored), since clipping is not invertible.
         """
+        options = options or SamplingOptions()
         x = x_0.to(self.device)
-        steps = trailing_timesteps(self.timesteps, num_steps)[::-1]
+        steps, alpha_bar_prev = self.ddim_schedule(num_steps, options)
+        steps = steps[::-1]
         steps_on_device = torch.tensor(steps, device=self.device)
-        # ᾱ before and after each step, all at once: the first step starts from ᾱ = 1 (x_0).
-        alpha_bar_next = self.alpha_bars[steps]
-        alpha_bar_current = torch.cat([torch.ones(1, device=self.device), alpha_bar_next[:-1]])
+        # ᾱ before and after each step, all at once: the first step starts from the decoder's last ᾱ.
+        alpha_bar_current, alpha_bar_next = alpha_bar_prev.flip(0), self.alphas_cumprod[steps]
         watch = NonFiniteWatch(x.device)
+        autocast = autocast_dtype(options.precision)
 
         def step(x: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
             t = steps[i] if isinstance(i, int) else at_step(steps_on_device, i)
-            eps = self._model_eps(x, at_step(self.timestep_ids, t).expand(x.shape[0]), watch)
+            eps, _ = self._denoise(x, t, False, autocast, watch)
             current, following = at_step(alpha_bar_current, i), at_step(alpha_bar_next, i)
             x0 = (x - (1 - current).sqrt() * eps) / current.sqrt()
             return following.sqrt() * x0 + (1 - following).sqrt() * eps
 
-        x = self._run_steps(step, x, num_steps, None, progress, f"DDIM inversion {num_steps}")
+        x = self._run_steps(step, x, num_steps, None, options, progress, f"DDIM inversion {num_steps}")
         watch.raise_if_bad("DDIM inversion")
         return x

@@ -3,11 +3,12 @@ held-out digits taken to noise by DDIM inversion and decoded back."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
 
-from .diffusion import DiffusionProcess
+from .diffusion import DiffusionProcess, SamplingOptions
 from .errors import DiagnosticsError
 from .interpolation import interpolation_grid, sample_in_batches
 from .runtime import model_device
@@ -34,6 +35,7 @@ def ddim_step_sweep(
     interpolation: str = "lerp",
     batch_size: int = 72,
     progress: bool = True,
+    options: SamplingOptions | None = None,
 ) -> list[dict]:
     """Decode the same interpolation grid with η = 0 DDIM at every step count; one row per count
     with its wall time and its error against the grid of the largest count (the reference)."""
@@ -42,7 +44,17 @@ def ddim_step_sweep(
         start = time.perf_counter()
         # .cpu() inside the batching syncs the device, so the time is the sampling's own.
         grids[num_steps] = interpolation_grid(
-            diffusion, z0, z1, steps, "ddim", num_steps, 0.0, interpolation, batch_size, progress=progress
+            diffusion,
+            z0,
+            z1,
+            steps,
+            "ddim",
+            num_steps,
+            0.0,
+            interpolation,
+            batch_size,
+            progress=progress,
+            options=options,
         )
         seconds[num_steps] = time.perf_counter() - start
     reference_steps = max(grids)
@@ -63,31 +75,30 @@ def inversion_reconstruction(
     step_counts: list[int],
     batch_size: int = 72,
     progress: bool = True,
+    options: SamplingOptions | None = None,
 ) -> list[dict]:
     """Real images -> DDIM inversion -> η = 0 DDIM decoding, with the same S both ways; one row
-    per S with the reconstruction error. Clipping is off: inversion inverts the unclipped map."""
+    per S with the reconstruction error. Clipping is off whatever ``options`` say: inversion
+    inverts the unclipped map."""
     device = model_device(diffusion)
-    clip, diffusion.clip_x0 = diffusion.clip_x0, False
+    options = dataclasses.replace(options or SamplingOptions(), clip_x0=False)
     rows = []
-    try:
-        for num_steps in _check_step_counts(step_counts):
-            start = time.perf_counter()
+    for num_steps in _check_step_counts(step_counts):
+        start = time.perf_counter()
 
-            def round_trip(batch, desc, num_steps=num_steps):
-                noise = diffusion.ddim_invert(batch, num_steps)
-                return diffusion.sample_ddim(
-                    noise, num_steps, progress=progress, desc=f"DDIM {num_steps} {desc}"
-                )
-
-            decoded = sample_in_batches(round_trip, images.float(), batch_size, device)
-            rows.append(
-                {
-                    "num_steps": num_steps,
-                    "images": len(images),
-                    **_errors(decoded, images),
-                    "seconds": time.perf_counter() - start,
-                }
+        def round_trip(batch, desc, num_steps=num_steps):
+            noise = diffusion.ddim_invert(batch, num_steps, options=options)
+            return diffusion.sample_ddim(
+                noise, num_steps, progress=progress, desc=f"DDIM {num_steps} {desc}", options=options
             )
-    finally:
-        diffusion.clip_x0 = clip
+
+        decoded = sample_in_batches(round_trip, images.float(), batch_size, device)
+        rows.append(
+            {
+                "num_steps": num_steps,
+                "images": len(images),
+                **_errors(decoded, images),
+                "seconds": time.perf_counter() - start,
+            }
+        )
     return rows

@@ -6,6 +6,7 @@ noise at α = j / (steps - 1), so column 0 is z0 itself and the last column z1 i
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from torchvision.utils import save_image
 
 from .checkpoint import read_tagged_file
-from .diffusion import DiffusionProcess
+from .diffusion import DiffusionProcess, SamplingOptions
 from .errors import DiagnosticsError
 from .files import atomic_output, save_torch
 from .runtime import model_device
@@ -88,13 +89,15 @@ def interpolation_grid(
     device: torch.device | str | None = None,
     progress: bool = True,
     shared_noise: bool = False,
+    options: SamplingOptions | None = None,
 ) -> torch.Tensor:
     """Decode the interpolated noise between given endpoints; images ``(n * steps, C, H, W)``
     in [-1, 1], row-major (row i is the pair z0[i], z1[i]).
 
     DDPM draws its per-step noise from ``generator`` (on the sampling device); DDIM with η = 0
     uses none. ``shared_noise`` (DDPM): every image of a row gets the same per-step noise, so a
-    row changes only with its starting noise (common random numbers).
+    row changes only with its starting noise (common random numbers). ``options``: clipping,
+    precision, CUDA graphs and DDIM's spacing (the model's defaults when None).
     """
     device = torch.device(device) if device is not None else model_device(diffusion)
     latents = interpolate(z0.float(), z1.float(), steps, interpolation).flatten(0, 1)
@@ -106,13 +109,24 @@ def interpolation_grid(
 
         def decode(batch, desc):
             return diffusion.sample(
-                batch, generator=generator, progress=progress, desc=f"DDPM {desc}", shared_noise=group
+                batch,
+                generator=generator,
+                progress=progress,
+                desc=f"DDPM {desc}",
+                shared_noise=group,
+                options=options,
             )
     elif sampler == "ddim":
 
         def decode(batch, desc):
             return diffusion.sample_ddim(
-                batch, ddim_steps, eta, generator=generator, progress=progress, desc=f"DDIM {desc}"
+                batch,
+                ddim_steps,
+                eta,
+                generator=generator,
+                progress=progress,
+                desc=f"DDIM {desc}",
+                options=options,
             )
     else:
         raise DiagnosticsError(f"sampler '{sampler}' is unknown; use one of {', '.join(SAMPLERS)}")
@@ -128,28 +142,36 @@ def interpolate_real(
     interpolation: str = "slerp",
     batch_size: int = 72,
     progress: bool = True,
+    options: SamplingOptions | None = None,
 ) -> torch.Tensor:
     """Interpolate between real images: DDIM-invert each pair to noise, interpolate the noises,
     decode with η = 0 DDIM. Images ``(n * (steps + 2), C, H, W)``: each row starts and ends with
     the real digits, the decoded path between them.
 
-    Clipping is off for both directions: only the unclipped DDIM map is inverted by DDIM
-    inversion, so only then do the path's ends reproduce the real digits.
+    Clipping is off for both directions, whatever ``options`` say: only the unclipped DDIM map is
+    inverted by DDIM inversion, so only then do the path's ends reproduce the real digits.
     """
     device = model_device(diffusion)
-    clip, diffusion.clip_x0 = diffusion.clip_x0, False
-    try:
+    options = dataclasses.replace(options or SamplingOptions(), clip_x0=False)
 
-        def invert(batch, desc):
-            return diffusion.ddim_invert(batch, num_steps, progress=progress)
+    def invert(batch, desc):
+        return diffusion.ddim_invert(batch, num_steps, progress=progress, options=options)
 
-        z = sample_in_batches(invert, torch.cat([x_a, x_b]).float(), batch_size, device)
-        z0, z1 = z.split(len(x_a))
-        decoded = interpolation_grid(
-            diffusion, z0, z1, steps, "ddim", num_steps, 0.0, interpolation, batch_size, progress=progress
-        )
-    finally:
-        diffusion.clip_x0 = clip
+    z = sample_in_batches(invert, torch.cat([x_a, x_b]).float(), batch_size, device)
+    z0, z1 = z.split(len(x_a))
+    decoded = interpolation_grid(
+        diffusion,
+        z0,
+        z1,
+        steps,
+        "ddim",
+        num_steps,
+        0.0,
+        interpolation,
+        batch_size,
+        progress=progress,
+        options=options,
+    )
     rows = decoded.reshape(len(x_a), steps, *x_a.shape[1:])
     return torch.cat([x_a[:, None].float(), rows, x_b[:, None].float()], dim=1).flatten(0, 1)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .diffusion import DiffusionProcess
+from .diffusion import DiffusionProcess, SamplingOptions
 from .errors import DiagnosticsError
 from .files import atomic_output
 from .interpolation import sample_in_batches
@@ -299,14 +299,21 @@ def _quality_row(
 
 
 def draw_samples(
-    diffusion: DiffusionProcess, num_samples: int, num_steps: int, batch_size: int, seed: int
+    diffusion: DiffusionProcess,
+    num_samples: int,
+    num_steps: int,
+    batch_size: int,
+    seed: int,
+    options: SamplingOptions | None = None,
 ) -> torch.Tensor:
     """``num_samples`` η = 0 DDIM samples in [-1, 1] on the CPU, from starting noise drawn by a
     seeded CPU generator (the same noise on every machine and device)."""
     noise = torch.randn((num_samples, *diffusion.sample_shape), generator=torch.Generator().manual_seed(seed))
 
     def decode(batch, desc):
-        return diffusion.sample_ddim(batch, num_steps, progress=True, desc=f"DDIM {num_steps} {desc}")
+        return diffusion.sample_ddim(
+            batch, num_steps, progress=True, desc=f"DDIM {num_steps} {desc}", options=options
+        )
 
     return sample_in_batches(decode, noise, batch_size, model_device(diffusion))
 

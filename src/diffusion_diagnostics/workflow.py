@@ -10,10 +10,10 @@ from collections.abc import Callable
 import torch
 
 from .checkpoint import load_checkpoint
-from .diffusion import DiffusionProcess
+from .diffusion import DiffusionProcess, SamplingOptions
 from .errors import DiagnosticsError
 from .graphs import can_capture
-from .runtime import autocast_dtype, keep_freed_memory, resolve_device
+from .runtime import keep_freed_memory, resolve_device
 
 
 def run_rule(main: Callable[[object], None], snakemake) -> None:
@@ -49,19 +49,28 @@ def run_rule(main: Callable[[object], None], snakemake) -> None:
             sys.stderr = sys.__stderr__
 
 
-def load_sampling_model(snakemake) -> DiffusionProcess:
-    """The rule's model (``input.model``) as every sampling rule uses it: on the rule's device
-    (``params.device``), its forward passes in the rule's precision (``params.precision``), its
+def load_sampling_model(
+    snakemake, clip_x0: bool | None = None, **choices
+) -> tuple[DiffusionProcess, SamplingOptions]:
+    """The rule's model (``input.model``) on the rule's device (``params.device``), and the
+    options every sampling rule runs it with: the rule's precision (``params.precision``),
+    ``clip_x0`` (None: the model's own default) and any other ``choices`` of SamplingOptions;
     sampler steps replayed as CUDA graphs where the config asks and the device is a GPU. The last
     changes no result, so it is read from the config, not a rule parameter that would rerun jobs."""
     diffusion, _ = load_checkpoint(snakemake.input.model, resolve_device(snakemake.params.device))
-    diffusion.autocast_dtype = autocast_dtype(snakemake.params.precision)
-    diffusion.cuda_graphs = snakemake.config["cuda_graphs"]
-    logging.info(
-        "model %s on %s, forward passes in %s%s",
-        snakemake.input.model,
-        diffusion.device,
-        snakemake.params.precision,
-        ", sampler steps as CUDA graphs" if diffusion.cuda_graphs and can_capture(diffusion.device) else "",
+    options = SamplingOptions(
+        clip_x0=clip_x0,
+        precision=snakemake.params.precision,
+        cuda_graphs=snakemake.config["cuda_graphs"],
+        **choices,
     )
-    return diffusion
+    logging.info(
+        "model %s (%s) on %s, forward passes in %s, x0 %s%s",
+        snakemake.input.model,
+        diffusion.describe(),
+        diffusion.device,
+        options.precision,
+        "clipped" if (diffusion.clip_sample if clip_x0 is None else clip_x0) else "not clipped",
+        ", sampler steps as CUDA graphs" if options.cuda_graphs and can_capture(diffusion.device) else "",
+    )
+    return diffusion, options

@@ -18,7 +18,7 @@ def main(snakemake):
     logging.info("training on %s with %d CPU threads", device, torch.get_num_threads())
     summary = train(
         train_images=load_split(snakemake.input.train).tensors[0],
-        heldout_images=load_split(snakemake.input.heldout).tensors[0],
+        validation_images=load_split(snakemake.input.validation).tensors[0],
         model_config=snakemake.params.model,
         diffusion_config=snakemake.params.diffusion,
         config=TrainConfig(**snakemake.params.train),

@@ -16,7 +16,7 @@ from diffusion_diagnostics.checkpoint import load_checkpoint
 from diffusion_diagnostics.training import EpochSampler, TrainConfig, learning_rate_factor, train
 
 MODEL = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "dropout": 0.0}
-SCHEDULE = {"timesteps": 20, "beta_start": 1e-3, "beta_end": 0.2, "clip_x0": True}
+SCHEDULE = {"timesteps": 20, "beta_start": 1e-3, "beta_end": 0.2, "clip_sample": True}
 
 
 def images(count: int, seed: int) -> torch.Tensor:

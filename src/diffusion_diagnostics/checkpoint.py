@@ -7,14 +7,13 @@ A checkpoint is a plain dict of tensors, numbers and strings, so it loads with
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import torch
 
 from .diffusion import DiffusionProcess
-from .errors import DiagnosticsError, first_line
-from .files import save_torch
+from .errors import DiagnosticsError
+from .files import read_tagged_file, save_torch
 from .unet import UNet
 
 FORMAT = "diffusion-diagnostics-checkpoint"
@@ -47,53 +46,6 @@ def save_checkpoint(
         "training": dict(training or {}),
     }
     save_torch(payload, path)
-
-
-def read_tagged_file(
-    path: Path, fmt: str, version: int | None, expected: str, what: str = "checkpoint", remedy: str = ""
-) -> dict:
-    """Load a dict saved by this package whose ``format`` is ``fmt``, safely (weights only).
-
-    Every bad file (missing, empty, corrupt, foreign, holding code, another version) is one
-    DiagnosticsError line naming ``what`` and the file, saying what was ``expected`` and, where
-    given, the ``remedy``. ``version`` None: the format has no versions (the workflow's own
-    intermediate files).
-    """
-    tail = f"; {remedy}" if remedy else ""
-    if not path.is_file():
-        raise DiagnosticsError(f"{what} {path}: no such file{tail}")
-    if path.stat().st_size == 0:
-        raise DiagnosticsError(f"{what} {path}: the file is empty; {expected}{tail}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "GLOBAL" not in str(error):
-            raise DiagnosticsError(
-                f"{what} {path}: not a readable PyTorch file, truncated or corrupt "
-                f"(its pickle stream does not parse); {expected}{tail}"
-            ) from None
-        # weights_only refuses any object that is not a tensor or a plain container: loading the
-        # file without it would have built foreign objects, possibly running code on the way.
-        raise DiagnosticsError(
-            f"{what} {path}: refused, it holds objects other than tensors, numbers and "
-            f"strings, and unpickling them could run code; {expected}{tail}"
-        ) from None
-    except Exception as error:  # noqa: BLE001 - arbitrary bytes fail in arbitrary ways
-        raise DiagnosticsError(
-            f"{what} {path}: not a readable PyTorch file, truncated or corrupt "
-            f"({first_line(error)}); {expected}{tail}"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != fmt:
-        keys = ", ".join(list(payload)[:5]) if isinstance(payload, dict) else type(payload).__name__
-        raise DiagnosticsError(
-            f"{what} {path}: not a diffusion-diagnostics {what} (found {keys}); {expected}{tail}"
-        )
-    if version is not None and payload.get("version") != version:
-        raise DiagnosticsError(
-            f"{what} {path}: format version {payload.get('version')} is not supported "
-            f"(this package reads version {version}){tail}"
-        )
-    return payload
 
 
 def state_dict_mismatch(model: torch.nn.Module, state_dict: dict) -> str:

@@ -1,4 +1,5 @@
-"""Writing outputs so that a killed job never leaves a half-written file under the final name."""
+"""Files: outputs written so that a killed job never leaves a half-written file under the final
+name, and the package's own tagged files read safely (weights only, one-line errors)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import contextlib
 import csv
 import hashlib
 import os
+import pickle
 from pathlib import Path
+
+import torch
+
+from .errors import DiagnosticsError, first_line
 
 
 @contextlib.contextmanager
@@ -37,15 +43,66 @@ def save_torch(payload, path: str | os.PathLike) -> None:
     Saving to a handle names the archive's inner folder "archive" rather than after the
     (temporary) file name, so equal payloads give byte-identical files.
     """
-    import torch
-
     with atomic_output(path) as temporary, open(temporary, "wb") as handle:
         torch.save(payload, handle)
 
 
-def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
-    """Same-keyed dicts as a CSV with a header row, atomically."""
+def write_csv(rows: list[dict], path: str | os.PathLike, columns: list[str] | None = None) -> None:
+    """Same-keyed dicts as a CSV with a header row, atomically; ``columns`` default to the first
+    row's keys."""
     with atomic_output(path) as temporary, open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=columns or list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def read_tagged_file(
+    path: str | os.PathLike,
+    fmt: str,
+    version: int | None,
+    expected: str,
+    what: str = "checkpoint",
+    remedy: str = "",
+) -> dict:
+    """Load a dict saved by this package whose ``format`` is ``fmt``, safely (weights only).
+
+    Every bad file (missing, empty, corrupt, foreign, holding code, another version) is one
+    DiagnosticsError line naming ``what`` and the file, saying what was ``expected`` and, where
+    given, the ``remedy``. ``version`` None: the format has no versions (the workflow's own
+    intermediate files).
+    """
+    path, tail = Path(path), f"; {remedy}" if remedy else ""
+    if not path.is_file():
+        raise DiagnosticsError(f"{what} {path}: no such file{tail}")
+    if path.stat().st_size == 0:
+        raise DiagnosticsError(f"{what} {path}: the file is empty; {expected}{tail}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "GLOBAL" not in str(error):
+            raise DiagnosticsError(
+                f"{what} {path}: not a readable PyTorch file, truncated or corrupt "
+                f"(its pickle stream does not parse); {expected}{tail}"
+            ) from None
+        # weights_only refuses any object that is not a tensor or a plain container: loading the
+        # file without it would have built foreign objects, possibly running code on the way.
+        raise DiagnosticsError(
+            f"{what} {path}: refused, it holds objects other than tensors, numbers and "
+            f"strings, and unpickling them could run code; {expected}{tail}"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - arbitrary bytes fail in arbitrary ways
+        raise DiagnosticsError(
+            f"{what} {path}: not a readable PyTorch file, truncated or corrupt "
+            f"({first_line(error)}); {expected}{tail}"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        keys = ", ".join(list(payload)[:5]) if isinstance(payload, dict) else type(payload).__name__
+        raise DiagnosticsError(
+            f"{what} {path}: not a diffusion-diagnostics {what} (found {keys}); {expected}{tail}"
+        )
+    if version is not None and payload.get("version") != version:
+        raise DiagnosticsError(
+            f"{what} {path}: format version {payload.get('version')} is not supported "
+            f"(this package reads version {version}){tail}"
+        )
+    return payload

@@ -14,22 +14,24 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .checkpoint import save_checkpoint
 from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError
-from .files import atomic_output, save_torch
+from .files import read_tagged_file, save_torch, write_csv
 from .runtime import progress_bar
 from .unet import UNet
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "diffusion-diagnostics-train-state"
+HISTORY_COLUMNS = ["step", "train_loss", "lr", "val_loss"]
 
 
 @dataclass
@@ -82,27 +84,6 @@ class EpochSampler:
         return self._order[position * self.batch_size : (position + 1) * self.batch_size]
 
 
-def validation_batch(
-    images: torch.Tensor, timesteps: int, size: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A fixed held-out set with fixed t (evenly spread over [0, T)) and fixed noise."""
-    x0 = images[:size]
-    t = torch.arange(len(x0)) * timesteps // len(x0)
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + 2))
-    return x0, t, noise
-
-
-@torch.inference_mode()
-def validation_loss(diffusion: DiffusionProcess, x0, t, noise, batch_size: int = 250) -> float:
-    device = diffusion.device
-    total = torch.zeros((), device=device, dtype=torch.float64)
-    for start in range(0, len(x0), batch_size):
-        xb, tb, nb = (v[start : start + batch_size].to(device) for v in (x0, t, noise))
-        x_t, _ = diffusion.add_noise(xb, tb, noise=nb)
-        total += F.mse_loss(diffusion.model(x_t, tb), nb, reduction="sum").double()
-    return total.item() / noise.numel()
-
-
 def learning_rate_factor(step: int, config: TrainConfig) -> float:
     """The multiple of ``lr`` for 0-based ``step``: linear warm-up, constant, linear cool-down.
 
@@ -117,9 +98,197 @@ def learning_rate_factor(step: int, config: TrainConfig) -> float:
     return warmup
 
 
+class EMA:
+    """An exponential moving average of a network's weights, warmed up as in
+    lucidrains/ema-pytorch: early weights are forgotten quickly."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model = copy.deepcopy(model).requires_grad_(False).eval()
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for average, current in zip(self.model.parameters(), model.parameters(), strict=True):
+            average.lerp_(current, 1.0 - decay)
+
+
+# --- validation: fixed images, t and noise, so that every evaluation measures the same thing ----
+
+
+def validation_batch(
+    images: torch.Tensor, timesteps: int, size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A fixed validation set with fixed t (evenly spread over [0, T)) and fixed noise."""
+    x0 = images[:size]
+    t = torch.arange(len(x0)) * timesteps // len(x0)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed + 2))
+    return x0, t, noise
+
+
+@torch.inference_mode()
+def validation_loss(diffusion: DiffusionProcess, x0, t, noise, batch_size: int = 250) -> float:
+    """The training objective (MSE to ε, v or x_0, by the model's prediction type) per element."""
+    device = diffusion.device
+    total = torch.zeros((), device=device, dtype=torch.float64)
+    for start in range(0, len(x0), batch_size):
+        xb, tb, nb = (v[start : start + batch_size].to(device) for v in (x0, t, noise))
+        x_t, _ = diffusion.add_noise(xb, tb, noise=nb)
+        target = diffusion.training_target(xb, nb, tb)
+        total += F.mse_loss(diffusion.model(x_t, tb), target, reduction="sum").double()
+    return total.item() / noise.numel()
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingRun:
+    """A run's whole state: the network and its EMA, the optimizer and its schedule, the random
+    draws, the step reached, the history and the best validated weights. It saves itself to one
+    file and loads itself back, so a killed run resumes where it stopped."""
+
+    diffusion: DiffusionProcess
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    draws: torch.Generator
+    run_id: str
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+
+    @classmethod
+    def start(
+        cls,
+        model_config: dict,
+        diffusion_config: dict,
+        config: TrainConfig,
+        device: torch.device,
+        run_id: str,
+    ) -> TrainingRun:
+        """A fresh run: seeded initial weights, an EMA copy of them, AdamW with the rate schedule."""
+        torch.manual_seed(config.seed)
+        model = UNet(**model_config).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        ema = EMA(model, config.ema_decay)
+        return cls(
+            diffusion=DiffusionProcess(model, **diffusion_config).to(device),
+            ema=ema,
+            optimizer=optimizer,
+            scheduler=torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: learning_rate_factor(step, config)
+            ),
+            draws=torch.Generator(device=device).manual_seed(config.seed + 1),
+            run_id=run_id,
+            best={"val_loss": math.inf, "step": -1, "state_dict": copy.deepcopy(ema.model.state_dict())},
+        )
+
+    @property
+    def model(self) -> nn.Module:
+        return self.diffusion.model
+
+    def ema_diffusion(self) -> DiffusionProcess:
+        """The EMA network with this run's schedule, for validation and the saved model."""
+        return DiffusionProcess(self.ema.model, **self.diffusion.schedule_config()).to(self.diffusion.device)
+
+    def state_dict(self) -> dict:
+        return {
+            "format": STATE_FORMAT,
+            "run_id": self.run_id,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            # Generator states are CPU byte tensors on every device (CUDA's too).
+            "draws": self.draws.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+            "best": self.best,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        save_torch(self.state_dict(), path)
+
+    def resume(self, path: str | os.PathLike) -> bool:
+        """Continue from the state saved at ``path`` when it belongs to this run; False when there
+        is none or it belongs to another (then this run starts afresh and overwrites it)."""
+        path = Path(path)
+        if not path.exists():
+            return False
+        state = read_tagged_file(
+            path,
+            STATE_FORMAT,
+            None,
+            "expected the train rule's resume state",
+            what="training state",
+            remedy="delete it to start the training afresh",
+        )
+        if state.get("run_id") != self.run_id:
+            log.info("ignoring %s: it belongs to another run (settings or data changed)", path)
+            return False
+        self.model.load_state_dict(state["model"])
+        self.ema.model.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        # Read on the CPU by read_tagged_file, as set_state wants it whatever the generator's device.
+        self.draws.set_state(state["draws"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.history, self.best = state["step"], state["history"], state["best"]
+        log.info("resuming run %s from step %d (state %s)", self.run_id, self.step, path)
+        return True
+
+    def train_step(self, x0: torch.Tensor, grad_clip: float) -> torch.Tensor:
+        """One optimizer step on the batch ``x0`` at random t and noise; returns the loss (on the
+        device: reading it would sync every step)."""
+        diffusion, model = self.diffusion, self.model
+        t = torch.randint(0, diffusion.timesteps, (len(x0),), device=x0.device, generator=self.draws)
+        noise = torch.randn(x0.shape, device=x0.device, generator=self.draws)
+        x_t, _ = diffusion.add_noise(x0, t, noise=noise)
+        loss = F.mse_loss(model(x_t, t), diffusion.training_target(x0, noise, t))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update(model, self.step)
+        self.step += 1
+        return loss.detach()
+
+    def record(self, losses: list[float]) -> None:
+        """History rows for the last ``len(losses)`` steps; the learning rate on the last one."""
+        first = self.step - len(losses)
+        self.history.extend(
+            {"step": first + i + 1, "train_loss": value, "lr": None, "val_loss": None}
+            for i, value in enumerate(losses)
+        )
+        self.history[-1]["lr"] = self.scheduler.get_last_lr()[0]
+
+    def evaluate(self, validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> float:
+        """Validate the EMA network; keep its weights when they are the best so far."""
+        val = validation_loss(self.ema_diffusion(), *validation)
+        self.history[-1]["val_loss"] = val
+        if val < self.best["val_loss"]:
+            self.best = {
+                "val_loss": val,
+                "step": self.step,
+                "state_dict": copy.deepcopy(self.ema.model.state_dict()),
+            }
+        return val
+
+
+def first_non_finite(losses: list[float], first_step: int) -> str | None:
+    """Why training must stop, when one of the losses of steps first_step + 1 … is NaN or Inf."""
+    for offset, value in enumerate(losses):
+        if not math.isfinite(value):
+            return f"training loss became {value} at step {first_step + offset + 1}"
+    return None
+
+
 def train(
     train_images: torch.Tensor,
-    heldout_images: torch.Tensor,
+    validation_images: torch.Tensor,
     model_config: dict,
     diffusion_config: dict,
     config: TrainConfig,
@@ -132,149 +301,89 @@ def train(
 ) -> dict:
     """Train, resuming from ``state_path`` when it holds the same run; write the best EMA model.
 
-    The model written to ``checkpoint_path`` is the EMA network with the lowest validation
-    ε-MSE; ``history_path`` gets one CSV row per step. Returns a summary dict.
+    The model written to ``checkpoint_path`` is the EMA network with the lowest validation loss
+    (on ``validation_images``, never the held-out test digits); ``history_path`` gets one CSV row
+    per step. Returns a summary dict.
     """
-    state_path, device = Path(state_path), torch.device(device)
-    run_id = fingerprint(model_config, diffusion_config, config, data_sha)
-
-    torch.manual_seed(config.seed)
-    model = UNet(**model_config).to(device)
-    ema_model = copy.deepcopy(model).requires_grad_(False).eval()
-    diffusion = DiffusionProcess(model, **diffusion_config).to(device)
-    ema_diffusion = DiffusionProcess(ema_model, **diffusion_config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, config))
-    draws = torch.Generator(device=device).manual_seed(config.seed + 1)
-    sampler = EpochSampler(len(train_images), config.batch_size, config.seed)
-    val_x0, val_t, val_noise = validation_batch(
-        heldout_images, diffusion.timesteps, config.val_size, config.seed
+    device = torch.device(device)
+    run = TrainingRun.start(
+        model_config,
+        diffusion_config,
+        config,
+        device,
+        fingerprint(model_config, diffusion_config, config, data_sha),
     )
-
-    start_step, history = 0, []
-    best = {"val_loss": math.inf, "step": -1, "state_dict": copy.deepcopy(ema_model.state_dict())}
-    if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        if state.get("format") == STATE_FORMAT and state.get("run_id") == run_id:
-            model.load_state_dict(state["model"])
-            ema_model.load_state_dict(state["ema"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            draws.set_state(state["draws"].cpu() if device.type == "cpu" else state["draws"])
-            torch.set_rng_state(state["torch_rng"].cpu())
-            start_step, history, best = state["step"], state["history"], state["best"]
-            log.info("resuming run %s from step %d (state %s)", run_id, start_step, state_path)
-        else:
-            log.info("ignoring %s: it belongs to another run (settings or data changed)", state_path)
-    if start_step > config.steps:
-        log.info("the saved state is at step %d, past train.steps = %d", start_step, config.steps)
-
-    def save_state(step: int) -> None:
-        state = {
-            "format": STATE_FORMAT,
-            "run_id": run_id,
-            "step": step,
-            "model": model.state_dict(),
-            "ema": ema_model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "draws": draws.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "history": history,
-            "best": best,
-        }
-        save_torch(state, state_path)
-
+    run.resume(state_path)
+    if run.step > config.steps:
+        log.info("the saved state is at step %d, past train.steps = %d", run.step, config.steps)
+    sampler = EpochSampler(len(train_images), config.batch_size, config.seed)
+    validation = validation_batch(validation_images, run.diffusion.timesteps, config.val_size, config.seed)
     train_images = train_images.to(device)
-    model.train()
+
+    run.model.train()
     pending: list[torch.Tensor] = []
     bar = progress_bar(
-        total=config.steps, initial=min(start_step, config.steps), desc="train", disable=not progress
+        total=config.steps, initial=min(run.step, config.steps), desc="train", disable=not progress
     )
     stop_reason = None
-    for step in range(start_step, config.steps):
-        x0 = train_images[sampler.indices(step).to(device)]
-        t = torch.randint(0, diffusion.timesteps, (len(x0),), device=device, generator=draws)
-        noise = torch.randn(x0.shape, device=device, generator=draws)
-        x_t, _ = diffusion.add_noise(x0, t, noise=noise)
-        loss = F.mse_loss(model(x_t, t), noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        # Warm-up of the EMA (as in lucidrains/ema-pytorch): early weights are forgotten quickly.
-        decay = min(config.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for ema_param, param in zip(ema_model.parameters(), model.parameters(), strict=True):
-                ema_param.lerp_(param, 1.0 - decay)
-        pending.append(loss.detach())
-
-        done = step + 1
+    while run.step < config.steps:
+        pending.append(run.train_step(train_images[sampler.indices(run.step).to(device)], config.grad_clip))
+        done = run.step
         evaluate = done % config.val_every == 0 or done == config.steps
         if evaluate or done % config.log_every == 0:
             # One host sync per log_every steps, not per step.
             losses = torch.stack(pending).tolist()
-            first = done - len(losses)
-            history.extend(
-                {"step": first + i + 1, "train_loss": value, "lr": None, "val_loss": None}
-                for i, value in enumerate(losses)
-            )
-            history[-1]["lr"] = scheduler.get_last_lr()[0]
             pending.clear()
+            run.record(losses)
             bar.update(len(losses))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if not all(math.isfinite(v) for v in losses):
-                bad = first + next(i for i, v in enumerate(losses) if not math.isfinite(v)) + 1
-                stop_reason = f"training loss became {losses[bad - first - 1]} at step {bad}"
+            stop_reason = first_non_finite(losses, done - len(losses))
+            if stop_reason:
                 break
         if evaluate:
-            val = validation_loss(ema_diffusion, val_x0, val_t, val_noise)
-            history[-1]["val_loss"] = val
-            log.info("step %d: validation ε-MSE %.5f (EMA)", done, val)
-            if val < best["val_loss"]:
-                best = {"val_loss": val, "step": done, "state_dict": copy.deepcopy(ema_model.state_dict())}
+            log.info("step %d: validation loss %.5f (EMA)", done, run.evaluate(validation))
         if evaluate or done % config.save_every == 0:
-            save_state(done)
+            run.save(state_path)
     bar.close()
 
-    if best["step"] < 0:
+    if run.best["step"] < 0:
         if stop_reason:
             raise DiagnosticsError(f"{stop_reason}, before any validated model; lower train.lr")
-        val = validation_loss(ema_diffusion, val_x0, val_t, val_noise)
-        best = {"val_loss": val, "step": start_step, "state_dict": ema_model.state_dict()}
+        run.best = {
+            "val_loss": validation_loss(run.ema_diffusion(), *validation),
+            "step": run.step,
+            "state_dict": run.ema.model.state_dict(),
+        }
 
     summary = {
         "steps": config.steps,
-        "best_step": best["step"],
-        "best_val_loss": best["val_loss"],
+        "best_step": run.best["step"],
+        "best_val_loss": run.best["val_loss"],
         "stopped_early": stop_reason,
-        "run_id": run_id,
+        "run_id": run.run_id,
         "config": asdict(config),
         "data_sha256": data_sha,
     }
-    save_checkpoint(checkpoint_path, ema_model, diffusion_config, summary, state_dict=best["state_dict"])
-    write_history(history, history_path)
+    save_checkpoint(
+        checkpoint_path,
+        run.ema.model,
+        run.diffusion.schedule_config(),
+        summary,
+        state_dict=run.best["state_dict"],
+    )
+    write_csv(run.history, history_path, HISTORY_COLUMNS)
     if stop_reason:
         # The job still succeeds, so that the workflow keeps the last good model rather than
         # deleting it with the failed job's outputs; the log says loudly what happened.
         log.warning(
             "WARNING: %s; training stopped and kept the best model so far (step %d, validation "
-            "ε-MSE %.5f) in %s. Lower train.lr or train.grad_clip and retrain.",
+            "loss %.5f) in %s. Lower train.lr or train.grad_clip and retrain.",
             stop_reason,
-            best["step"],
-            best["val_loss"],
+            run.best["step"],
+            run.best["val_loss"],
             checkpoint_path,
         )
     return summary
-
-
-def write_history(history: list[dict], path: str | os.PathLike) -> None:
-    with atomic_output(path) as temporary:
-        with open(temporary, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["step", "train_loss", "lr", "val_loss"])
-            writer.writeheader()
-            writer.writerows(history)
 
 
 def read_history(path: str | os.PathLike) -> list[dict]:

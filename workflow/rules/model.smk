@@ -3,7 +3,7 @@
 rule train:
     input:
         train=DATA["train"],
-        heldout=DATA["heldout"],
+        validation=DATA["validation"],
         manifest=DATA["manifest"],
     output:
         model=TRAINED_CHECKPOINT,

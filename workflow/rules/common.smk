@@ -53,6 +53,7 @@ wildcard_constraints:
 TRAINED_CHECKPOINT = f"results/{PER_MODEL}train/best_model.pt"
 DATA = {
     "train": "resources/mnist/train.pt",
+    "validation": "resources/mnist/validation.pt",
     "heldout": "resources/mnist/heldout.pt",
     "manifest": "resources/mnist/manifest.json",
 }

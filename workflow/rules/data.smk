@@ -7,6 +7,7 @@ localrules:
 rule download_mnist:
     output:
         train=DATA["train"],
+        validation=DATA["validation"],
         heldout=DATA["heldout"],
         manifest=DATA["manifest"],
     log:

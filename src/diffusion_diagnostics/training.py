@@ -25,7 +25,7 @@ from .checkpoint import save_checkpoint
 from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError
 from .files import read_tagged_file, save_torch, write_csv
-from .runtime import progress_bar
+from .runtime import autocast_dtype, progress_bar
 from .unet import UNet
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,9 @@ class TrainConfig:
     save_every: int = 250
     log_every: int = 50
     seed: int = 0
+    # bfloat16: forward and backward passes under autocast (weights, optimizer and EMA stay
+    # float32); about twice the steps per second on CPUs with bf16 matrix units.
+    precision: str = "float32"
 
 
 def fingerprint(model_config: dict, diffusion_config: dict, config: TrainConfig, data_sha: str) -> str:
@@ -56,9 +59,10 @@ def fingerprint(model_config: dict, diffusion_config: dict, config: TrainConfig,
 
     The cool-down belongs to the length: it is where the budget ends, so a run trained at a
     constant rate can be resumed with a cool-down added (as warm-up/stable/decay schedules do).
+    The precision is free too, so that a run can go on on other hardware.
     """
     settings = asdict(config)
-    for free in ("steps", "cooldown_steps", "val_every", "save_every", "log_every"):
+    for free in ("steps", "cooldown_steps", "val_every", "save_every", "log_every", "precision"):
         settings.pop(free)
     text = json.dumps([model_config, diffusion_config, settings, data_sha], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -239,14 +243,19 @@ class TrainingRun:
         log.info("resuming run %s from step %d (state %s)", self.run_id, self.step, path)
         return True
 
-    def train_step(self, x0: torch.Tensor, grad_clip: float) -> torch.Tensor:
-        """One optimizer step on the batch ``x0`` at random t and noise; returns the loss (on the
-        device: reading it would sync every step)."""
+    def train_step(
+        self, x0: torch.Tensor, grad_clip: float, autocast: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """One optimizer step on the batch ``x0`` at random t and noise, the network's passes
+        under ``autocast`` when given; returns the loss (on the device: reading it would sync
+        every step)."""
         diffusion, model = self.diffusion, self.model
         t = torch.randint(0, diffusion.timesteps, (len(x0),), device=x0.device, generator=self.draws)
         noise = torch.randn(x0.shape, device=x0.device, generator=self.draws)
         x_t, _ = diffusion.add_noise(x0, t, noise=noise)
-        loss = F.mse_loss(model(x_t, t), diffusion.training_target(x0, noise, t))
+        with torch.autocast(x0.device.type, dtype=autocast, enabled=autocast is not None):
+            output = model(x_t, t)
+        loss = F.mse_loss(output.float(), diffusion.training_target(x0, noise, t))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -326,8 +335,10 @@ def train(
         total=config.steps, initial=min(run.step, config.steps), desc="train", disable=not progress
     )
     stop_reason = None
+    autocast = autocast_dtype(config.precision)
     while run.step < config.steps:
-        pending.append(run.train_step(train_images[sampler.indices(run.step).to(device)], config.grad_clip))
+        batch = train_images[sampler.indices(run.step).to(device)]
+        pending.append(run.train_step(batch, config.grad_clip, autocast))
         done = run.step
         evaluate = done % config.val_every == 0 or done == config.steps
         if evaluate or done % config.log_every == 0:

@@ -676,3 +676,17 @@ def test_shared_noise_must_divide_the_batch(shared):
     diffusion = gaussian_diffusion(20, 1e-3, 0.2)
     with pytest.raises(DiagnosticsError, match="shared_noise"):
         diffusion.sample(torch.zeros(6, *SAMPLE_SHAPE), shared_noise=shared)
+
+
+def test_sampling_options_override_the_models_variance_and_clipping():
+    """A model's variance_type and clip_sample are only its defaults: options given per call win."""
+    x_T = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+    def ddpm(variance_type, clip, options=None):
+        diffusion = DiffusionProcess(tiny_unet(), 20, 1e-3, 0.2, variance_type=variance_type, clip_sample=clip)
+        return diffusion.sample(x_T, generator=torch.Generator().manual_seed(1), options=options)
+
+    large_unclipped = ddpm("fixed_large", False)
+    overridden = ddpm("fixed_small", True, SamplingOptions(variance_type="fixed_large", clip_x0=False))
+    assert torch.equal(overridden, large_unclipped)
+    assert not torch.equal(ddpm("fixed_small", True), large_unclipped)

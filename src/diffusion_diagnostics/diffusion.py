@@ -129,6 +129,8 @@ class SamplingOptions:
 
     - ``clip_x0``: hold each step's x̂_0 to [-r, r] (diffusers' ``clip_sample``, r its
       ``clip_sample_range``); None takes the model's own default (its scheduler config's).
+    - ``variance_type``: DDPM's σ_t², ``fixed_small`` (β̃_t) or ``fixed_large`` (β_t); None takes
+      the model's own.
     - ``precision``: ``float32``, or ``bfloat16`` for the network's forward passes under autocast
       (faster where the hardware has bf16 units; the sampler's own arithmetic stays float32).
     - ``cuda_graphs``: on a CUDA device, capture one step as a CUDA graph and replay it (.graphs);
@@ -138,6 +140,7 @@ class SamplingOptions:
     """
 
     clip_x0: bool | None = None
+    variance_type: str | None = None
     precision: str = "float32"
     cuda_graphs: bool = False
     timestep_spacing: str = "trailing"
@@ -145,6 +148,8 @@ class SamplingOptions:
 
     def __post_init__(self):
         autocast_dtype(self.precision)
+        if self.variance_type is not None:
+            _one_of(self.variance_type, VARIANCE_TYPES, "variance_type")
         _one_of(self.timestep_spacing, TIMESTEP_SPACINGS, "timestep_spacing")
         if self.steps_offset < 0:
             raise DiagnosticsError(f"steps_offset must be at least 0, got {self.steps_offset}")
@@ -237,8 +242,8 @@ class DiffusionProcess(nn.Module):
             self.register_buffer(name, values.float(), persistent=False)
         # σ_t of the DDPM step, from the float32 variance as the step uses it: σ_t² = β̃_t
         # (fixed_small) or β_t (fixed_large), DDPM section 3.2.
-        step_variance = self.posterior_variance if variance_type == "fixed_small" else self.betas
-        self.register_buffer("ddpm_std", step_variance.sqrt(), persistent=False)
+        self.register_buffer("ddpm_std_small", self.posterior_variance.sqrt(), persistent=False)
+        self.register_buffer("ddpm_std_large", self.betas.sqrt(), persistent=False)
         # ᾱ after a DDIM step whose target lies before t = 0 (diffusers' final_alpha_cumprod).
         self.register_buffer(
             "final_alpha_cumprod",
@@ -411,21 +416,23 @@ class DiffusionProcess(nn.Module):
         shared_noise: int = 1,
         clip_x0: bool | None = None,
         autocast: torch.dtype | None = None,
+        variance_type: str | None = None,
     ) -> torch.Tensor:
         """One ancestral step x_t -> x_{t-1}: mean μ̃(x_t, x̂_0), σ_t² by ``variance_type``.
 
         Without clipping, μ̃(x_t, x̂_0(ε)) equals DDPM eq. 11; with clipping x̂_0 is first held to
         the data range, as in the DDPM reference code and diffusers. Consecutive groups of
         ``shared_noise`` images get the same noise z (see :meth:`sample`). ``t``: an int or a
-        one-element tensor; ``clip_x0`` None: the model's default.
+        one-element tensor; ``clip_x0`` and ``variance_type`` None: the model's own.
         """
         clip = self.clip_sample if clip_x0 is None else clip_x0
+        variance = variance_type or self.variance_type
         _, x0 = self._denoise(x_t, t, clip, autocast, watch)
         # One t for the batch: the schedule values are looked up once, nothing is synced per step.
         mean, _ = self.posterior_mean_variance(x_t, t, x0)
         if isinstance(t, int) and t == 0:
             return mean  # the last step adds no noise (a tensor t adds 0 · z instead, β̃_0 = 0)
-        std = at_step(self.ddpm_std, t)
+        std = at_step(self.ddpm_std_small if variance == "fixed_small" else self.ddpm_std_large, t)
         if not isinstance(t, int):
             std = std * (t > 0)  # fixed_large's σ_0 = √β_0 is not 0: the last step must add none
         return mean + std * self._step_noise(x_t, generator, shared_noise)
@@ -469,7 +476,7 @@ class DiffusionProcess(nn.Module):
 
         def step(x: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
             t = self.timesteps - 1 - i if isinstance(i, int) else at_step(descending, i)
-            return self.ddpm_step(x, t, generator, watch, shared_noise, clip, autocast)
+            return self.ddpm_step(x, t, generator, watch, shared_noise, clip, autocast, options.variance_type)
 
         x = self._run_steps(step, x, self.timesteps, generator, options, progress, desc)
         watch.raise_if_bad("DDPM sampling")

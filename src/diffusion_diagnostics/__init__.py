@@ -13,6 +13,7 @@ from .interpolation import (
     sample_from_xt,
     save_grid,
 )
+from .models import load_model
 from .unet import UNet
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "interpolate_noise_and_generate_ddim",
     "interpolation_grid",
     "load_checkpoint",
+    "load_model",
     "per_timestep_loss",
     "sample_from_xt",
     "save_checkpoint",

@@ -1,0 +1,595 @@
+"""Every kind of model the diagnostics read, behind one entry point: :func:`load_model`.
+
+What the source is decides how it is read, never a flag:
+
+- a file: this package's own checkpoint (:func:`.checkpoint.load_checkpoint`);
+- a folder written by diffusers' ``save_pretrained``, in the pipeline layout (``model_index.json``,
+  ``unet/``, ``scheduler/``) or the flat one of many hub repositories (``config.json``, the weights
+  and ``scheduler_config.json`` side by side);
+- ``hf:owner/name`` or ``hf:owner/name@revision``: a Hugging Face Hub repository, downloaded once
+  into a folder (:func:`download_hub_model`) and then read as the folder it is;
+- a dict naming an ``entry_point`` ``package.module:function``: the user's own network, with its
+  weights, its sample shape and its schedule.
+
+diffusers and huggingface_hub are the optional ``diffusers`` extra, imported only when a folder or
+a hub id is read. No weights go through pickle code execution: they are safetensors files or are
+read with ``torch.load(weights_only=True)``, which is also how diffusers 0.42 reads ``.bin`` weights
+(``diffusers.models.model_loading_utils.load_state_dict``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pickle
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint, state_dict_mismatch
+from .diffusion import DiffusionProcess
+from .errors import DiagnosticsError, first_line
+
+INSTALL_EXTRA = 'pip install -e ".[diffusers]"'
+TRAIN_INSTEAD = "set checkpoint: train to train a model with the workflow"
+
+HUB_PREFIX = "hf:"
+HUB_ENDPOINT = "https://huggingface.co"
+# The Hub's own rule for owner and repository names: ASCII letters, digits, '_', '.', '-'.
+HUB_ID = re.compile(
+    r"hf:(?P<owner>[A-Za-z0-9_.-]{1,96})/(?P<name>[A-Za-z0-9_.-]{1,96})(?:@(?P<revision>[A-Za-z0-9_./-]+))?"
+)
+# What a model folder needs: configs and weights, not READMEs, images or other frameworks' weights.
+HUB_FILES = ["*.json", "*.safetensors", "*.bin"]
+
+PIPELINES = ("DDPMPipeline", "DDIMPipeline")
+SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
+UNET_CLASS = "UNet2DModel"
+WEIGHTS_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+# diffusers' scheduler config keys that shape the process, and DiffusionProcess's name for each.
+PROCESS_KEYS = {
+    "num_train_timesteps": "timesteps",
+    "beta_start": "beta_start",
+    "beta_end": "beta_end",
+    "beta_schedule": "beta_schedule",
+    "trained_betas": "trained_betas",
+    "prediction_type": "prediction_type",
+    "variance_type": "variance_type",
+    "clip_sample": "clip_sample",
+    "clip_sample_range": "clip_sample_range",
+    "set_alpha_to_one": "set_alpha_to_one",
+}
+# Which timesteps an S-step DDIM run visits: options of each sampling call (SamplingOptions), not of
+# the process, so they travel in the info dict.
+SAMPLING_KEYS = ("timestep_spacing", "steps_offset")
+# diffusers keeps these two in log space for its learned-range interpolation; the variances are the same.
+LOG_VARIANCES = {"fixed_small_log": "fixed_small", "fixed_large_log": "fixed_large"}
+
+ENTRY_KEYS = ("entry_point", "weights", "kwargs", "sample_shape", "schedule")
+REQUIRED_ENTRY_KEYS = ("entry_point", "weights", "sample_shape")
+
+
+def load_model(
+    source: str | os.PathLike | Mapping,
+    device: torch.device | str = "cpu",
+    hub_root: str | os.PathLike = "resources/models",
+) -> tuple[DiffusionProcess, dict]:
+    """The model that ``source`` names, as a :class:`DiffusionProcess` in eval mode on ``device``.
+
+    ``source``: a checkpoint file, a diffusers folder, ``hf:owner/name[@revision]`` (downloaded
+    into ``hub_root``/:func:`hub_folder_name` unless already there) or a model entry dict (see
+    :func:`load_entry_point`). Returns the process and an info dict: ``source`` ("checkpoint",
+    "diffusers" or "entry_point"), ``path``, ``description`` (one line for logs and captions) and
+    what is particular to the kind (a folder's ``layout`` and ``scheduler``, a checkpoint's
+    ``training`` metadata, a hub model's ``hub_id``, a DDIM schedule's ``timestep_spacing`` and
+    ``steps_offset``).
+    """
+    if isinstance(source, Mapping):
+        return load_entry_point(source, device)
+    if is_hub_id(source):
+        folder = download_hub_model(source, Path(hub_root) / hub_folder_name(source))
+        diffusion, info = load_diffusers_folder(folder, device)
+        description = _describe(info["model"], f"{source}, {info['layout']} folder {folder}", diffusion)
+        return diffusion, {**info, "hub_id": source, "description": description}
+    path = Path(source)
+    if path.is_dir():
+        return load_diffusers_folder(path, device)
+    if path.is_file():
+        return _load_own_checkpoint(path, device)
+    raise DiagnosticsError(
+        f"model {path}: no such file or folder; point checkpoint: at a checkpoint file, a diffusers "
+        f"folder or hf:owner/name, or {TRAIN_INSTEAD}"
+    )
+
+
+def _describe(model: str, where: str, diffusion: DiffusionProcess) -> str:
+    return f"{model} ({where}), {diffusion.describe()}"
+
+
+def _load_own_checkpoint(path: Path, device: torch.device | str) -> tuple[DiffusionProcess, dict]:
+    diffusion, training = load_checkpoint(path, device)
+    info = {
+        "source": "checkpoint",
+        "path": str(path),
+        "model": "diffusion-diagnostics UNet",
+        "training": training,
+    }
+    return diffusion, {**info, "description": _describe(info["model"], f"checkpoint {path}", diffusion)}
+
+
+def _import_extra(module: str, purpose: str):
+    """Import a module of the optional diffusers extra, or say in one line how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DiagnosticsError(
+            f"{purpose} needs {module.split('.')[0]}, which is not installed; install the diffusers "
+            f"extra: {INSTALL_EXTRA}"
+        ) from None
+
+
+# --- the schedule, from diffusers' scheduler keys -----------------------------------------------
+
+
+def _refuse_unsupported_schedule(settings: Mapping, where: str) -> None:
+    """Settings that change the sampler in ways this package does not implement."""
+    if settings.get("thresholding"):
+        raise DiagnosticsError(
+            f"{where}: thresholding: true (dynamic thresholding of x̂_0) is not supported; the samplers "
+            "here clip x̂_0 to clip_sample_range instead: set thresholding to false in a copy of the "
+            "folder to analyse the model that way"
+        )
+    if settings.get("rescale_betas_zero_snr"):
+        raise DiagnosticsError(
+            f"{where}: rescale_betas_zero_snr: true is not supported (its last ᾱ is 0, which the "
+            "parametrizations here divide by); analyse a model trained on an unrescaled schedule"
+        )
+    variance_type = settings.get("variance_type")
+    if variance_type in ("learned", "learned_range"):
+        raise DiagnosticsError(
+            f"{where}: variance_type: {variance_type} is not supported (the network predicts its own "
+            "variance, which the samplers here do not read); analyse a model with fixed_small or fixed_large"
+        )
+
+
+def _diffusion_process(
+    network: nn.Module, settings: Mapping, sample_shape: tuple[int, ...], where: str
+) -> DiffusionProcess:
+    """The process of ``network`` with the schedule that diffusers' scheduler keys describe; keys
+    left out take DiffusionProcess's defaults. Every refusal names ``where``."""
+    _refuse_unsupported_schedule(settings, where)
+    arguments = {PROCESS_KEYS[key]: value for key, value in settings.items() if key in PROCESS_KEYS}
+    if "variance_type" in arguments:
+        arguments["variance_type"] = LOG_VARIANCES.get(arguments["variance_type"], arguments["variance_type"])
+    try:
+        return DiffusionProcess(network, **arguments, sample_shape=sample_shape)
+    except DiagnosticsError as error:
+        raise DiagnosticsError(f"{where}: {error}") from None
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise DiagnosticsError(f"{where}: a value of the wrong type ({first_line(error)})") from None
+
+
+# --- diffusers folders --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiffusersFolder:
+    """Where a diffusers folder keeps its UNet (config.json and weights) and its scheduler config."""
+
+    path: Path
+    layout: str
+    unet: Path
+    scheduler_config: Path
+
+
+class DiffusersUNet(nn.Module):
+    """A diffusers ``UNet2DModel`` called as ``model(x_t, t)``, returning the tensor it predicts."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+        size = unet.config.sample_size
+        self.sample_shape = (unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x_t, t).sample
+
+
+def load_diffusers_folder(
+    path: str | os.PathLike, device: torch.device | str = "cpu"
+) -> tuple[DiffusionProcess, dict]:
+    """A folder written by diffusers' ``save_pretrained`` (either layout), read offline.
+
+    The UNet is built by diffusers' own ``UNet2DModel.from_pretrained``, the schedule from the
+    scheduler config with the keys an older config lacks taking diffusers' defaults.
+    """
+    folder = find_diffusers_folder(Path(path))
+    diffusers = _import_extra("diffusers", f"model folder {folder.path} (a diffusers folder)")
+    scheduler, settings = _scheduler_settings(diffusers, folder.scheduler_config)
+    network = DiffusersUNet(_load_unet(diffusers, folder))
+    diffusion = _diffusion_process(network, settings, network.sample_shape, str(folder.scheduler_config))
+    info = {
+        "source": "diffusers",
+        "path": str(folder.path),
+        "layout": folder.layout,
+        "model": f"diffusers {UNET_CLASS}",
+        "scheduler": scheduler,
+    }
+    if scheduler == "DDIMScheduler":
+        info.update({key: settings[key] for key in SAMPLING_KEYS})
+    info["description"] = _describe(info["model"], f"{folder.layout} folder {folder.path}", diffusion)
+    return diffusion.to(device).eval(), info
+
+
+def find_diffusers_folder(path: Path) -> DiffusersFolder:
+    """Which of the two layouts ``path`` has; anything else is one line saying what was expected."""
+    index = path / "model_index.json"
+    if index.is_file():
+        _check_pipeline(_read_json(index, "the pipeline's index"), index)
+        return DiffusersFolder(path, "pipeline", path / "unet", path / "scheduler" / "scheduler_config.json")
+    if (path / "config.json").is_file() and (path / "scheduler_config.json").is_file():
+        return DiffusersFolder(path, "flat", path, path / "scheduler_config.json")
+    raise DiagnosticsError(
+        f"model folder {path}: neither a diffusers pipeline folder (model_index.json, unet/, scheduler/) "
+        "nor a flat one (config.json, its weights and scheduler_config.json side by side); point "
+        "checkpoint: at one of those, at a checkpoint file or at hf:owner/name"
+    )
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise DiagnosticsError(
+            f"{path}: no such file; a diffusers folder keeps {what} there, so the folder is incomplete: "
+            "copy or download it again"
+        )
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DiagnosticsError(
+            f"{path}: not a readable JSON file ({first_line(error)}); it should hold {what}"
+        ) from None
+    if not isinstance(content, dict):
+        raise DiagnosticsError(f"{path}: holds a JSON {type(content).__name__}, not the object of {what}")
+    return content
+
+
+def _check_pipeline(index: dict, path: Path) -> None:
+    pipeline = index.get("_class_name")
+    if pipeline not in PIPELINES:
+        latent = next((key for key in ("vqvae", "vae") if key in index), None)
+        kind = f" (a latent pipeline: it has a {latent})" if latent else ""
+        raise DiagnosticsError(
+            f"{path}: _class_name '{pipeline}'{kind} is not supported; the diagnostics read "
+            f"unconditional pixel-space {' and '.join(PIPELINES)} folders"
+        )
+    unet_class = (index.get("unet") or [None, None])[-1]
+    if unet_class != UNET_CLASS:
+        raise DiagnosticsError(
+            f"{path}: unet '{unet_class}' is not supported; the diagnostics read an unconditional "
+            f"pixel-space {UNET_CLASS}"
+        )
+
+
+def _scheduler_settings(diffusers, path: Path) -> tuple[str, dict]:
+    """The scheduler's class name and its config, every key of that class present."""
+    config = _read_json(path, "the scheduler config")
+    # A config without its class tag is read as DDPM's, the scheduler DDPM models are trained with.
+    name = config.get("_class_name", "DDPMScheduler")
+    if name not in SCHEDULERS:
+        raise DiagnosticsError(
+            f"{path}: _class_name '{name}' is not supported; the diagnostics read "
+            f"{' and '.join(SCHEDULERS)} configs"
+        )
+    # diffusers' defaults come from a scheduler built with none: one built from this config would
+    # refuse an unknown beta_schedule with a bare NotImplementedError before it could be named here.
+    defaults = {
+        key: value for key, value in getattr(diffusers, name)().config.items() if not key.startswith("_")
+    }
+    return name, {**defaults, **{key: value for key, value in config.items() if key in defaults}}
+
+
+def _weights_file(unet_folder: Path) -> Path:
+    for name in WEIGHTS_FILES:
+        if (unet_folder / name).is_file():
+            return unet_folder / name
+    raise DiagnosticsError(
+        f"{unet_folder}: no weights beside config.json (expected {' or '.join(WEIGHTS_FILES)}); "
+        "copy the model's weights there or download the folder again"
+    )
+
+
+def _load_unet(diffusers, folder: DiffusersFolder) -> nn.Module:
+    config_path = folder.unet / "config.json"
+    unet_class = _read_json(config_path, "the UNet's config").get("_class_name", UNET_CLASS)
+    if unet_class != UNET_CLASS:
+        raise DiagnosticsError(
+            f"{config_path}: _class_name '{unet_class}' is not supported (a conditional or latent "
+            f"model); the diagnostics read an unconditional pixel-space {UNET_CLASS}"
+        )
+    weights = _weights_file(folder.unet)
+    try:
+        unet, loading = diffusers.UNet2DModel.from_pretrained(
+            folder.unet,
+            local_files_only=True,
+            use_safetensors=weights.suffix == ".safetensors",
+            torch_dtype=torch.float32,
+            output_loading_info=True,
+            # Weights of the wrong shape are reported in `loading` with the rest, not raised mid-load.
+            ignore_mismatched_sizes=True,
+        )
+    except (OSError, ValueError, RuntimeError, TypeError) as error:
+        raise DiagnosticsError(
+            f"{weights}: diffusers could not load it ({first_line(error)}); the file is corrupt or "
+            "not a state dict of tensors: download the folder again"
+        ) from None
+    detail = _loading_mismatch(loading)
+    if detail:
+        raise DiagnosticsError(
+            f"{weights}: the weights do not fit {config_path} ({detail}); the folder mixes files of "
+            "different models: download it again"
+        )
+    _check_unet_config(unet.config, config_path)
+    return unet
+
+
+def _loading_mismatch(loading: dict) -> str:
+    """What diffusers' loading info says kept the weights from fitting, or "" when they fit."""
+    kinds = (
+        ("missing", loading["missing_keys"]),
+        ("unexpected", loading["unexpected_keys"]),
+        ("wrong shape", [key for key, *_ in loading["mismatched_keys"]]),
+    )
+    return "; ".join(
+        f"{what}: {', '.join(sorted(names)[:3])}{' …' if len(names) > 3 else ''}"
+        for what, names in kinds
+        if names
+    )
+
+
+def _check_unet_config(config: Mapping, path: Path) -> None:
+    for key in ("class_embed_type", "num_class_embeds"):
+        if config.get(key) is not None:
+            raise DiagnosticsError(
+                f"{path}: {key} is set ({config[key]}), a class-conditional UNet; the diagnostics sample "
+                "unconditional models, so analyse one without class embeddings"
+            )
+    channels_in, channels_out = config["in_channels"], config["out_channels"]
+    if channels_out != channels_in:
+        learned = " (2 × in_channels: a learned variance)" if channels_out == 2 * channels_in else ""
+        raise DiagnosticsError(
+            f"{path}: out_channels {channels_out} differs from in_channels {channels_in}{learned}; "
+            "the diagnostics read networks that predict ε, v or x_0 only"
+        )
+
+
+# --- Hugging Face Hub ids -----------------------------------------------------------------------
+
+
+def is_hub_id(source) -> bool:
+    return isinstance(source, str) and source.startswith(HUB_PREFIX)
+
+
+def parse_hub_id(hub_id: str) -> tuple[str, str | None]:
+    """``hf:owner/name[@revision]`` -> ("owner/name", revision or None)."""
+    match = HUB_ID.fullmatch(hub_id)
+    # The Hub refuses "--" and ".." in names, which keeps hub_folder_name's parts apart.
+    if match is None or any(bad in match["owner"] + "/" + match["name"] for bad in ("--", "..")):
+        raise DiagnosticsError(
+            f"model {hub_id}: not a Hugging Face Hub id; write hf:owner/name or hf:owner/name@revision"
+        )
+    return f"{match['owner']}/{match['name']}", match["revision"]
+
+
+def hub_folder_name(hub_id: str) -> str:
+    """The folder a hub id is downloaded into: ``owner--name``, or ``owner--name--revision`` with
+    the revision's '/' written as '-'."""
+    repo_id, revision = parse_hub_id(hub_id)
+    name = repo_id.replace("/", "--")
+    return f"{name}--{revision.replace('/', '-')}" if revision else name
+
+
+def download_hub_model(hub_id: str, destination: str | os.PathLike) -> Path:
+    """Download the configs and weights of a Hub repository into ``destination``, once.
+
+    A destination that exists is taken as that download, made before, and returned untouched. The
+    files arrive in a temporary folder beside it, renamed when complete, so that a killed download
+    never leaves part of a model under the final name. ``HF_ENDPOINT``, read at each call, points
+    at a mirror of the Hub.
+    """
+    destination = Path(destination)
+    if destination.exists():
+        return destination
+    repo_id, revision = parse_hub_id(hub_id)
+    hub = _import_extra("huggingface_hub", f"model {hub_id} (a Hugging Face Hub id)")
+    errors = importlib.import_module("huggingface_hub.errors")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{destination.name}.partial-", dir=destination.parent) as work:
+        snapshot = Path(work) / "snapshot"
+        try:
+            hub.snapshot_download(
+                repo_id,
+                revision=revision,
+                local_dir=snapshot,
+                # Where huggingface_hub records the commit a revision resolved to, even for a
+                # local_dir download: kept in the temporary folder, not the user's home.
+                cache_dir=Path(work) / "cache",
+                allow_patterns=HUB_FILES,
+                # huggingface_hub reads HF_ENDPOINT once, when it is imported.
+                endpoint=os.environ.get("HF_ENDPOINT"),
+            )
+        except errors.RevisionNotFoundError:
+            raise DiagnosticsError(
+                f"model {hub_id}: the Hub has no revision '{revision}' of {repo_id}; check what follows '@'"
+            ) from None
+        except errors.RepositoryNotFoundError:
+            raise DiagnosticsError(
+                f"model {hub_id}: no such repository on the Hub, or it is private or gated; check the "
+                "id, or log in with `hf auth login`"
+            ) from None
+        except OSError as error:
+            raise DiagnosticsError(
+                f"model {hub_id}: could not download it ({first_line(error)}); without network, download "
+                f"the folder by hand ({_manual_download(repo_id, revision, destination)}) and point "
+                "checkpoint: at it"
+            ) from None
+        # huggingface_hub's bookkeeping of the download: the folder keeps the model's files only.
+        shutil.rmtree(snapshot / ".cache", ignore_errors=True)
+        os.replace(snapshot, destination)
+    return destination
+
+
+def _manual_download(repo_id: str, revision: str | None, destination: Path) -> str:
+    url = f"{os.environ.get('HF_ENDPOINT', HUB_ENDPOINT).rstrip('/')}/{repo_id}"
+    if revision is None:
+        return f"`hf download {repo_id} --local-dir {destination}` or `git clone {url} {destination}`"
+    return (
+        f"`hf download {repo_id} --revision {revision} --local-dir {destination}` or "
+        f"`git clone {url} {destination} && git -C {destination} checkout {revision}`"
+    )
+
+
+# --- the user's own network ---------------------------------------------------------------------
+
+
+def load_entry_point(spec: Mapping, device: torch.device | str = "cpu") -> tuple[DiffusionProcess, dict]:
+    """The user's own network, from a model entry of the config::
+
+        {"entry_point": "package.module:function",   # returns an nn.Module called as model(x_t, t)
+         "weights": "path.safetensors",               # or .pt / .pth / .bin, a state dict of tensors
+         "kwargs": {...},                             # optional, passed to the function
+         "sample_shape": [C, H, W],
+         "schedule": {...}}                           # optional, diffusers' scheduler keys
+
+    Schedule keys left out take DiffusionProcess's defaults, so diffusers need not be installed.
+    """
+    entry = _checked_entry(spec)
+    entry_point = entry["entry_point"]
+    network = _build_network(entry_point, entry.get("kwargs") or {})
+    weights = Path(entry["weights"])
+    state_dict = read_state_dict(weights)
+    detail = state_dict_mismatch(network, state_dict)
+    if detail:
+        raise DiagnosticsError(
+            f"weights {weights}: they do not fit the network that {entry_point} builds ({detail}); give "
+            "the state_dict() of that network, built with the same kwargs"
+        )
+    network.load_state_dict(state_dict)
+    schedule = entry.get("schedule") or {}
+    diffusion = _diffusion_process(
+        network, schedule, tuple(entry["sample_shape"]), f"model entry {entry_point}: schedule"
+    )
+    info = {
+        "source": "entry_point",
+        "path": str(weights),
+        "entry_point": entry_point,
+        "model": f"network {entry_point}",
+    }
+    info.update({key: schedule[key] for key in SAMPLING_KEYS if key in schedule})
+    info["description"] = _describe(info["model"], f"weights {weights}", diffusion)
+    return diffusion.to(device).eval(), info
+
+
+def _checked_entry(spec: Mapping) -> Mapping:
+    where = f"model entry {spec.get('entry_point', '')}".rstrip()
+    unknown = sorted(set(spec) - set(ENTRY_KEYS))
+    if unknown:
+        raise DiagnosticsError(f"{where}: unknown key {', '.join(unknown)}; it takes {', '.join(ENTRY_KEYS)}")
+    missing = [key for key in REQUIRED_ENTRY_KEYS if key not in spec]
+    if missing:
+        raise DiagnosticsError(
+            f"{where}: {', '.join(missing)} missing; it needs {', '.join(REQUIRED_ENTRY_KEYS)}"
+        )
+    shape = spec["sample_shape"]
+    if not (isinstance(shape, (list, tuple)) and shape and all(isinstance(n, int) and n > 0 for n in shape)):
+        raise DiagnosticsError(
+            f"{where}: sample_shape {shape!r} should be a list of positive sizes, e.g. [1, 28, 28]"
+        )
+    for key in ("kwargs", "schedule"):
+        if not isinstance(spec.get(key) or {}, Mapping):
+            raise DiagnosticsError(f"{where}: {key} should be a mapping, got {spec[key]!r}")
+    unknown = sorted(set(spec.get("schedule") or {}) - set(PROCESS_KEYS) - set(SAMPLING_KEYS))
+    if unknown:
+        raise DiagnosticsError(
+            f"{where}: schedule key {', '.join(unknown)} is not read; it takes diffusers' scheduler keys "
+            f"{', '.join([*PROCESS_KEYS, *SAMPLING_KEYS])}"
+        )
+    return spec
+
+
+def _build_network(entry_point: str, kwargs: Mapping) -> nn.Module:
+    module_name, _, function_name = entry_point.partition(":")
+    if not module_name or not function_name:
+        raise DiagnosticsError(f"entry_point {entry_point!r}: write it as package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    # Importing runs the user's module, which can fail in any way.
+    except Exception as error:
+        raise DiagnosticsError(
+            f"entry_point {entry_point}: cannot import {module_name} ({first_line(error)}); install the "
+            "package that provides it or put its folder on PYTHONPATH"
+        ) from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise DiagnosticsError(f"entry_point {entry_point}: {module_name} has no function {function_name}")
+    try:
+        network = function(**kwargs)
+    except Exception as error:
+        raise DiagnosticsError(
+            f"entry_point {entry_point}: calling it with kwargs {dict(kwargs)} failed ({first_line(error)})"
+        ) from None
+    if not isinstance(network, nn.Module):
+        raise DiagnosticsError(
+            f"entry_point {entry_point}: returned a {type(network).__name__}, not a torch.nn.Module; it "
+            "must return the network, called as model(x_t, t)"
+        )
+    return network
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors file, or from a PyTorch file with weights_only."""
+    if not path.is_file():
+        raise DiagnosticsError(f"weights {path}: no such file; save the network's state_dict() there")
+    state_dict = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch_weights(path)
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise DiagnosticsError(
+            f"weights {path}: not a state dict (a dict of tensors); save the network's state_dict() there"
+        )
+    return state_dict
+
+
+def _read_safetensors(path: Path) -> dict:
+    safetensors_torch = _import_extra("safetensors.torch", f"weights {path}")
+    try:
+        return safetensors_torch.load_file(str(path))
+    # safetensors' parse errors share no base class beyond Exception.
+    except Exception as error:
+        raise DiagnosticsError(
+            f"weights {path}: not a readable safetensors file, truncated or corrupt ({first_line(error)})"
+        ) from None
+
+
+def _read_torch_weights(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "GLOBAL" in str(error):
+            # weights_only refused an object that is not a tensor or a plain container: unpickling it
+            # would have built foreign objects, possibly running code on the way.
+            raise DiagnosticsError(
+                f"weights {path}: refused, it holds objects other than tensors and unpickling them could "
+                "run code; save the network's state_dict() (or use safetensors)"
+            ) from None
+        raise DiagnosticsError(f"weights {path}: not a readable PyTorch file, truncated or corrupt") from None
+    # Arbitrary bytes fail to load in arbitrary ways.
+    except Exception as error:
+        raise DiagnosticsError(
+            f"weights {path}: not a readable PyTorch file, truncated or corrupt ({first_line(error)})"
+        ) from None

@@ -324,11 +324,14 @@ def _load_unet(diffusers, folder: DiffusersFolder) -> nn.Module:
             output_loading_info=True,
             # Weights of the wrong shape are reported in `loading` with the rest, not raised mid-load.
             ignore_mismatched_sizes=True,
+            # One loading path whether or not accelerate is installed (and no warning that it is not).
+            low_cpu_mem_usage=False,
         )
     except (OSError, ValueError, RuntimeError, TypeError) as error:
         raise DiagnosticsError(
-            f"{weights}: diffusers could not load it ({first_line(error)}); the file is corrupt or "
-            "not a state dict of tensors: download the folder again"
+            f"{weights}: diffusers could not load it ({first_line(error)}); the file is corrupt, or holds "
+            "objects other than tensors, refused since unpickling them could run code: download the "
+            "folder again"
         ) from None
     detail = _loading_mismatch(loading)
     if detail:

@@ -30,7 +30,7 @@ from .interpolation import sample_in_batches
 from .runtime import model_device
 
 CONFIDENCE = 0.9
-NEAREST_K = 5  # as both papers recommend
+NEAREST_K = 5  # as Naeem et al. 2020 recommend; Kynkäänniemi et al. 2019 used 3
 NEIGHBOUR_METRICS = ("precision", "recall", "density", "coverage")
 QUALITY_COLUMNS = [
     "set",

@@ -28,8 +28,9 @@ rule all:
             f"results/{PER_MODEL}quality/sample_quality.csv",
             f"results/{PER_MODEL}quality/interpolation_metrics.csv",
             f"results/{PER_MODEL}quality/ddim_fidelity.csv",
+            f"results/{PER_MODEL}noise/ddpm_endpoints.pt",
+            f"results/{PER_MODEL}noise/ddim_endpoints.pt",
+            MODEL_CARD,
         ),
-        "results/noise/ddpm_endpoints.pt",
-        "results/noise/ddim_endpoints.pt",
         COMPARISON,
     localrule: True

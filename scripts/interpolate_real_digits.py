@@ -2,15 +2,15 @@
 
 import logging
 
-from diffusion_diagnostics.data import load_split
+from diffusion_diagnostics.digits import to_digit_size
 from diffusion_diagnostics.interpolation import interpolate_real, save_grid, select_pairs
-from diffusion_diagnostics.workflow import load_sampling_model, run_rule
+from diffusion_diagnostics.workflow import digits_for, load_sampling_model, run_rule
 
 
 def main(snakemake):
     settings, steps = snakemake.params.settings, snakemake.params.steps
     diffusion, options = load_sampling_model(snakemake)
-    images, labels = load_split(snakemake.input.heldout).tensors
+    images, labels = digits_for(diffusion, snakemake.input.heldout, snakemake.params.image_fit).tensors
     first, second = select_pairs(labels, settings["pairs"], settings["select"])
     logging.info("held-out pairs %s", list(zip(first, second, strict=True)))
     grid = interpolate_real(
@@ -23,7 +23,7 @@ def main(snakemake):
         snakemake.params.batch_size,
         options=options,
     )
-    save_grid(grid, steps + 2, snakemake.output.grid)
+    save_grid(to_digit_size(grid, snakemake.params.image_fit), steps + 2, snakemake.output.grid)
 
 
 run_rule(main, snakemake)  # noqa: F821

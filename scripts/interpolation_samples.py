@@ -5,13 +5,16 @@ import logging
 
 import torch
 
+from diffusion_diagnostics.digits import to_digit_size
 from diffusion_diagnostics.interpolation import interpolation_grid, load_endpoints, save_grid_images
 from diffusion_diagnostics.workflow import load_sampling_model, run_rule
 
 
 def main(snakemake):
     settings, wildcards = snakemake.params.settings, snakemake.wildcards
-    diffusion, options = load_sampling_model(snakemake, clip_x0=settings["clip_x0"])
+    diffusion, options = load_sampling_model(
+        snakemake, clip_x0=settings["clip_x0"], variance_type=settings["variance_type"]
+    )
     z0, z1 = load_endpoints(snakemake.input.endpoints)
     logging.info(
         "%s %s grid (%s per-step noise): %d rows x %d columns",
@@ -35,7 +38,11 @@ def main(snakemake):
         shared_noise=wildcards.noise == "shared",
         options=options,
     )
-    save_grid_images(snakemake.output.images, images.reshape(len(z0), settings["steps"], *images.shape[1:]))
+    # The PNG and the judge see digits: the model's images brought back to 28 x 28.
+    digits = to_digit_size(
+        images.reshape(len(z0), settings["steps"], *images.shape[1:]), snakemake.params.image_fit
+    )
+    save_grid_images(snakemake.output.images, digits)
 
 
 run_rule(main, snakemake)  # noqa: F821

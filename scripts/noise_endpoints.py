@@ -1,11 +1,15 @@
-"""Rule noise_endpoints: the seeded noise pairs (z0, z1) that one interpolation grid starts from."""
+"""Rule noise_endpoints: the seeded noise pairs (z0, z1) that one interpolation grid starts from, in
+the model's sample shape."""
+
+import json
 
 from diffusion_diagnostics.interpolation import draw_endpoints, save_endpoints
 from diffusion_diagnostics.workflow import run_rule
 
 
 def main(snakemake):
-    z0, z1 = draw_endpoints(snakemake.params.n, tuple(snakemake.params.shape), snakemake.params.seed)
+    shape = tuple(json.loads(open(snakemake.input.card).read())["sample_shape"])
+    z0, z1 = draw_endpoints(snakemake.params.n, shape, snakemake.params.seed)
     save_endpoints(snakemake.output.endpoints, z0, z1, snakemake.params.seed)
 
 

@@ -6,6 +6,7 @@ import logging
 
 from diffusion_diagnostics.classifier import load_classifier
 from diffusion_diagnostics.data import load_split
+from diffusion_diagnostics.digits import to_digit_size
 from diffusion_diagnostics.files import write_csv
 from diffusion_diagnostics.interpolation import save_grid
 from diffusion_diagnostics.plots import plot_sample_quality
@@ -40,6 +41,8 @@ def main(snakemake):
         settings["seed"],
         options=options,
     )
+    # The judge reads digits: the model's images brought back to 28 x 28.
+    samples = to_digit_size(samples, snakemake.params.image_fit)
     rows = sample_quality_rows(
         classifier,
         samples,
@@ -56,7 +59,7 @@ def main(snakemake):
         rows,
         snakemake.output.json,
         model=str(snakemake.input.model),
-        precision=snakemake.params.precision,
+        sampling=snakemake.params.sampling,
         **{key: settings[key] for key in RECORDED_SETTINGS},
     )
     plot_sample_quality(rows, snakemake.output.png)

@@ -2,19 +2,19 @@
 
 import logging
 
+from torch.utils.data import DataLoader
+
 from diffusion_diagnostics.analysis import timestep_loss_statistics, write_timestep_loss_csv
-from diffusion_diagnostics.checkpoint import load_checkpoint
-from diffusion_diagnostics.data import heldout_loader
-from diffusion_diagnostics.runtime import resolve_device
-from diffusion_diagnostics.workflow import run_rule
+from diffusion_diagnostics.workflow import digits_for, load_rule_model, run_rule
 
 
 def main(snakemake):
     settings = snakemake.params.settings
-    diffusion, _ = load_checkpoint(snakemake.input.model, resolve_device(snakemake.params.device))
+    diffusion, _ = load_rule_model(snakemake)
+    heldout = digits_for(diffusion, snakemake.input.heldout, snakemake.params.image_fit)
     statistics = timestep_loss_statistics(
         diffusion,
-        heldout_loader(snakemake.input.heldout, settings["batch_size"]),
+        DataLoader(heldout, batch_size=settings["batch_size"], shuffle=False),
         num_batches=settings["num_batches"],
         buckets=settings["buckets"],
         sampling=settings["t_sampling"],

@@ -21,6 +21,7 @@ from torch import nn
 from .errors import DiagnosticsError
 from .graphs import can_capture, replay_steps
 from .runtime import autocast_dtype, progress_bar
+from .sources import schedule_summary
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -280,11 +281,16 @@ class DiffusionProcess(nn.Module):
         return config
 
     def describe(self) -> str:
-        """One line for logs and captions: schedule, T and parametrization."""
-        schedule = "trained betas" if self.trained_betas is not None else f"{self.beta_schedule} β"
-        if self.trained_betas is None and self.beta_schedule != "squaredcos_cap_v2":
-            schedule += f" {self.beta_start:g} → {self.beta_end:g}"
-        return f"{schedule}, T = {self.timesteps}, {self.prediction_type}, {self.variance_type}"
+        """One line for logs and captions: schedule, T, parametrization and variance."""
+        return schedule_summary(
+            self.timesteps,
+            self.beta_start,
+            self.beta_end,
+            self.beta_schedule,
+            self.prediction_type,
+            self.variance_type,
+            trained=self.trained_betas is not None,
+        )
 
     # --- the parametrization ---------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import json
 import os
 import pickle
 from pathlib import Path
@@ -106,3 +107,9 @@ def read_tagged_file(
             f"(this package reads version {version}){tail}"
         )
     return payload
+
+
+def write_json(payload, path: str | os.PathLike) -> None:
+    """``payload`` as indented JSON with a final newline, atomically."""
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")

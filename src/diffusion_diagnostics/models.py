@@ -23,7 +23,6 @@ import importlib
 import json
 import os
 import pickle
-import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -36,16 +35,12 @@ from torch import nn
 from .checkpoint import load_checkpoint, state_dict_mismatch
 from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError, first_line
+from .sources import TRAIN, hub_folder_name, is_hub_id, parse_hub_id
 
 INSTALL_EXTRA = 'pip install -e ".[diffusers]"'
-TRAIN_INSTEAD = "set checkpoint: train to train a model with the workflow"
+TRAIN_INSTEAD = f"set checkpoint: {TRAIN} to train a model with the workflow"
 
-HUB_PREFIX = "hf:"
 HUB_ENDPOINT = "https://huggingface.co"
-# The Hub's own rule for owner and repository names: ASCII letters, digits, '_', '.', '-'.
-HUB_ID = re.compile(
-    r"hf:(?P<owner>[A-Za-z0-9_.-]{1,96})/(?P<name>[A-Za-z0-9_.-]{1,96})(?:@(?P<revision>[A-Za-z0-9_./-]+))?"
-)
 # What a model folder needs: configs and weights, not READMEs, images or other frameworks' weights.
 HUB_FILES = ["*.json", "*.safetensors", "*.bin"]
 
@@ -374,29 +369,6 @@ def _check_unet_config(config: Mapping, path: Path) -> None:
 
 
 # --- Hugging Face Hub ids -----------------------------------------------------------------------
-
-
-def is_hub_id(source) -> bool:
-    return isinstance(source, str) and source.startswith(HUB_PREFIX)
-
-
-def parse_hub_id(hub_id: str) -> tuple[str, str | None]:
-    """``hf:owner/name[@revision]`` -> ("owner/name", revision or None)."""
-    match = HUB_ID.fullmatch(hub_id)
-    # The Hub refuses "--" and ".." in names, which keeps hub_folder_name's parts apart.
-    if match is None or any(bad in match["owner"] + "/" + match["name"] for bad in ("--", "..")):
-        raise DiagnosticsError(
-            f"model {hub_id}: not a Hugging Face Hub id; write hf:owner/name or hf:owner/name@revision"
-        )
-    return f"{match['owner']}/{match['name']}", match["revision"]
-
-
-def hub_folder_name(hub_id: str) -> str:
-    """The folder a hub id is downloaded into: ``owner--name``, or ``owner--name--revision`` with
-    the revision's '/' written as '-'."""
-    repo_id, revision = parse_hub_id(hub_id)
-    name = repo_id.replace("/", "--")
-    return f"{name}--{revision.replace('/', '-')}" if revision else name
 
 
 def download_hub_model(hub_id: str, destination: str | os.PathLike) -> Path:

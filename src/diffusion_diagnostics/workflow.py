@@ -1,4 +1,5 @@
-"""What every script under scripts/ does around its rule's work: log, threads, error line."""
+"""What every script under scripts/ does around its rule's work: log, threads, error line, and the
+rule's model with its sampling options and digits."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import traceback
 from collections.abc import Callable
 
 import torch
+from torch.utils.data import TensorDataset
 
-from .checkpoint import load_checkpoint
+from .data import load_split
 from .diffusion import DiffusionProcess, SamplingOptions
+from .digits import check_fit, to_model_size
 from .errors import DiagnosticsError
 from .graphs import can_capture
+from .models import load_model
 from .runtime import keep_freed_memory, resolve_device
 
 
@@ -49,28 +53,42 @@ def run_rule(main: Callable[[object], None], snakemake) -> None:
             sys.stderr = sys.__stderr__
 
 
+def load_rule_model(snakemake) -> tuple[DiffusionProcess, dict]:
+    """The rule's model (``params.model``: what load_model reads) on the rule's device
+    (``params.device``), said in the log with how digits are brought to its size."""
+    diffusion, info = load_model(snakemake.params.model, resolve_device(snakemake.params.device))
+    fit = check_fit(diffusion.sample_shape, snakemake.params.image_fit)
+    logging.info("model: %s, on %s; digits %s", info["description"], diffusion.device, fit)
+    return diffusion, info
+
+
+def digits_for(diffusion: DiffusionProcess, split_path, fit: str) -> TensorDataset:
+    """A saved split as (image, label) pairs in the model's image size (see .digits)."""
+    images, labels = load_split(split_path).tensors
+    return TensorDataset(to_model_size(images, diffusion.sample_shape, fit), labels)
+
+
 def load_sampling_model(
-    snakemake, clip_x0: bool | None = None, **choices
+    snakemake, clip_x0: bool | None = None, variance_type: str | None = None
 ) -> tuple[DiffusionProcess, SamplingOptions]:
-    """The rule's model (``input.model``) on the rule's device (``params.device``), and the
-    options every sampling rule runs it with: the rule's precision (``params.precision``),
-    ``clip_x0`` (None: the model's own default) and any other ``choices`` of SamplingOptions;
-    sampler steps replayed as CUDA graphs where the config asks and the device is a GPU. The last
-    changes no result, so it is read from the config, not a rule parameter that would rerun jobs."""
-    diffusion, _ = load_checkpoint(snakemake.input.model, resolve_device(snakemake.params.device))
+    """The rule's model (load_rule_model) and the options every sampling rule runs it with: the
+    rule's ``params.sampling`` (precision, DDIM timestep spacing), ``clip_x0`` and
+    ``variance_type`` (None: the model's own), and sampler steps replayed as CUDA graphs where
+    the config asks and the device is a GPU. The last changes no result, so it is read from the
+    config, not a rule parameter that would rerun jobs."""
+    diffusion, _ = load_rule_model(snakemake)
     options = SamplingOptions(
         clip_x0=clip_x0,
-        precision=snakemake.params.precision,
+        variance_type=variance_type,
         cuda_graphs=snakemake.config["cuda_graphs"],
-        **choices,
+        **snakemake.params.sampling,
     )
     logging.info(
-        "model %s (%s) on %s, forward passes in %s, x0 %s%s",
-        snakemake.input.model,
-        diffusion.describe(),
-        diffusion.device,
+        "sampling: forward passes in %s, x0 %s, DDIM %s spacing%s%s",
         options.precision,
         "clipped" if (diffusion.clip_sample if clip_x0 is None else clip_x0) else "not clipped",
-        ", sampler steps as CUDA graphs" if options.cuda_graphs and can_capture(diffusion.device) else "",
+        options.timestep_spacing,
+        f" (offset {options.steps_offset})" if options.timestep_spacing == "leading" else "",
+        ", steps as CUDA graphs" if options.cuda_graphs and can_capture(diffusion.device) else "",
     )
     return diffusion, options

@@ -18,6 +18,13 @@ os.environ.update(
 
 from diffusion_diagnostics.config import check_config
 from diffusion_diagnostics.errors import DiagnosticsError
+from diffusion_diagnostics.sources import (
+    TRAIN,
+    describe_source,
+    hub_folder_name,
+    is_hub_id,
+    parse_hub_id,
+)
 
 # A violation stops the run with one line naming the key (no traceback): see check_config.
 try:
@@ -38,16 +45,53 @@ PER_MODEL = "{model}/" if SWEEP else ""
 # A sweep's models, one subcategory each in `snakemake --report`.
 REPORT_SUBCATEGORY = "{model}" if SWEEP else None
 
-for given in [config["checkpoint"], *(m.get("checkpoint") for m in MODELS.values())]:
-    # A folder would silently count as "no checkpoint" and trigger a training.
-    if given and Path(given).exists() and not Path(given).is_file():
-        sys.exit(f"config error at checkpoint: {given} is a folder, not a model file")
+
+def configured_sources():
+    """Where each model's `checkpoint` is set (for error lines) and what it names: "train", a
+    path, hf:owner/name[@revision] or an entry-point dict. In a sweep the top-level one is unused
+    and a model without a checkpoint of its own is trained."""
+    if not SWEEP:
+        return {"checkpoint": config["checkpoint"]}
+    return {
+        f"models.{name}.checkpoint": entry.get("checkpoint", TRAIN)
+        for name, entry in MODELS.items()
+    }
+
+
+def check_source(where, source):
+    """A path that does not exist stops the run before anything runs: one line, naming it."""
+    paths = [source["weights"]] if isinstance(source, dict) else []
+    if isinstance(source, str) and source != TRAIN and not is_hub_id(source):
+        paths.append(source)
+    for path in paths:
+        if not Path(path).exists():
+            sys.exit(
+                f"config error at {where}: {path} does not exist; point it at a checkpoint file, "
+                "a diffusers folder or hf:owner/name, or set it to train to train a model with the "
+                "workflow (results/train/)"
+            )
+
+
+try:
+    for where, source in configured_sources().items():
+        check_source(where, source)
+        if is_hub_id(source):
+            parse_hub_id(source)
+except DiagnosticsError as error:
+    sys.exit(f"config error: {error}")
+# Hub models, by the folder under resources/models/ that the download_model rule fills.
+HUB_MODELS = {
+    hub_folder_name(source): source
+    for source in configured_sources().values()
+    if is_hub_id(source)
+}
 
 
 wildcard_constraints:
     # Exactly the configured names, so that results/compare/ or results/noise/ is never taken for
     # a model (with one model no rule has the wildcard, and "(?!)" matches nothing).
     model="|".join(re.escape(name) for name in MODELS) or "(?!)",
+    hub_folder="|".join(re.escape(name) for name in HUB_MODELS) or "(?!)",
 
 
 TRAINED_CHECKPOINT = f"results/{PER_MODEL}train/best_model.pt"
@@ -57,24 +101,49 @@ DATA = {
     "heldout": "resources/mnist/heldout.pt",
     "manifest": "resources/mnist/manifest.json",
 }
-# MNIST digits; the endpoints are drawn for this shape whatever the model.
-SAMPLE_SHAPE = [1, 28, 28]
 # The interpolation the two pictures interp.png and interp_ddim.png show.
 GRID_METHOD = config["interpolation"]["method"]
 # The digit classifier that judges samples: one for all models, trained on the training split.
 CLASSIFIER = "results/classifier/classifier.pt"
+# What the model rules read about their model: its kind, process, sample shape (model.json).
+MODEL_CARD = f"results/{PER_MODEL}model.json"
+# How every sampling rule runs its sampler (SamplingOptions; clipping is set per rule).
+SAMPLING = {
+    key: config[key] for key in ("precision", "timestep_spacing", "steps_offset")
+}
 
 
-def model_checkpoint(wildcards):
-    """The model's given checkpoint when that file exists (used as given, never written), else
-    the one the train rule makes for it."""
+def model_source(wildcards):
+    """What this model's `checkpoint` names (see configured_sources)."""
     if not SWEEP:
-        given, trained = config["checkpoint"], TRAINED_CHECKPOINT
-    else:
-        # A sweep ignores the top-level `checkpoint`: a model without one of its own is trained.
-        given = MODELS[wildcards.model].get("checkpoint")
-        trained = TRAINED_CHECKPOINT.format(model=wildcards.model)
-    return given if given and Path(given).is_file() else trained
+        return config["checkpoint"]
+    return MODELS[wildcards.model].get("checkpoint", TRAIN)
+
+
+def model_input(wildcards):
+    """The file or folder the model rules read: a given one is used as given, never written; a
+    hub model's download; the train rule's model for `train`."""
+    source = model_source(wildcards)
+    if isinstance(source, dict):
+        return source["weights"]
+    if source == TRAIN:
+        return TRAINED_CHECKPOINT.format(model=getattr(wildcards, "model", ""))
+    if is_hub_id(source):
+        return f"resources/models/{hub_folder_name(source)}"
+    return source
+
+
+def model_spec(wildcards):
+    """Params function: what load_model reads, the entry-point dict or the file or folder."""
+    source = model_source(wildcards)
+    return source if isinstance(source, dict) else model_input(wildcards)
+
+
+def model_description(wildcards):
+    """Params function: one line for the report's captions, the same from one run to the next."""
+    return describe_source(
+        model_source(wildcards), model_settings("diffusion")(wildcards)
+    )
 
 
 def model_settings(section):

@@ -4,22 +4,23 @@ wildcard_constraints:
     noise="independent|shared",
 
 
-# Shared by all models of a sweep: every model's grid decodes the same starting noise, which is what
-# makes the grids of different models comparable row by row.
+# Drawn in the model's sample shape from a seeded CPU generator: every model of a sweep with the
+# same shape decodes the same starting noise, which makes their grids comparable row by row.
 rule noise_endpoints:
+    input:
+        card=MODEL_CARD,
     output:
-        endpoints="results/noise/{sampler}_endpoints.pt",
+        endpoints=f"results/{PER_MODEL}noise/{{sampler}}_endpoints.pt",
     log:
-        "logs/noise_endpoints_{sampler}.log",
+        f"logs/{PER_MODEL}noise_endpoints_{{sampler}}.log",
     benchmark:
-        benchmark_file("noise_endpoints_{sampler}")
+        benchmark_file(f"{PER_MODEL}noise_endpoints_{{sampler}}")
     conda:
         CONDA_ENV
     threads: 1
     params:
         n=config["interpolation"]["n"],
         seed=lambda wildcards: config["interpolation"]["seed"][wildcards.sampler],
-        shape=SAMPLE_SHAPE,
     script:
         "../../scripts/noise_endpoints.py"
 
@@ -28,8 +29,9 @@ rule noise_endpoints:
 # samples: {method} lerp | slerp, {noise} independent | shared per-step noise within a row (DDPM).
 rule interpolation_samples:
     input:
-        model=model_checkpoint,
-        endpoints="results/noise/{sampler}_endpoints.pt",
+        model=model_input,
+        card=MODEL_CARD,
+        endpoints=f"results/{PER_MODEL}noise/{{sampler}}_endpoints.pt",
     output:
         images=f"results/{PER_MODEL}interpolation/{{sampler}}-{{method}}-{{noise}}.pt",
     log:
@@ -44,9 +46,12 @@ rule interpolation_samples:
     resources:
         gpu=1,
     params:
+        model=model_spec,
+        model_description=model_description,
+        image_fit=config["image_fit"],
         settings=config["interpolation"],
         device=config["device"],
-        precision=config["precision"],
+        sampling=SAMPLING,
     script:
         "../../scripts/interpolation_samples.py"
 
@@ -69,6 +74,8 @@ rule interpolation_grid_ddpm:
     conda:
         CONDA_ENV
     threads: 1
+    params:
+        model_description=model_description,
     script:
         "../../scripts/interpolation_grid.py"
 

@@ -1,6 +1,7 @@
 rule timestep_loss:
     input:
-        model=model_checkpoint,
+        model=model_input,
+        card=MODEL_CARD,
         heldout=DATA["heldout"],
     output:
         csv=report(
@@ -19,6 +20,9 @@ rule timestep_loss:
     resources:
         gpu=1,
     params:
+        model=model_spec,
+        model_description=model_description,
+        image_fit=config["image_fit"],
         settings=config["timestep_loss"],
         device=config["device"],
     script:
@@ -42,6 +46,8 @@ rule plot_timestep_loss:
     conda:
         CONDA_ENV
     threads: 1
+    params:
+        model_description=model_description,
     script:
         "../../scripts/plot_timestep_loss.py"
 

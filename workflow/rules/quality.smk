@@ -31,7 +31,8 @@ rule train_classifier:
 
 rule sample_quality:
     input:
-        model=model_checkpoint,
+        model=model_input,
+        card=MODEL_CARD,
         classifier=CLASSIFIER,
         train=DATA["train"],
         heldout=DATA["heldout"],
@@ -65,9 +66,12 @@ rule sample_quality:
     resources:
         gpu=1,
     params:
+        model=model_spec,
+        model_description=model_description,
+        image_fit=config["image_fit"],
         settings=config["quality"],
         device=config["device"],
-        precision=config["precision"],
+        sampling=SAMPLING,
     script:
         "../../scripts/sample_quality.py"
 
@@ -100,6 +104,7 @@ rule interpolation_metrics:
         CONDA_ENV
     threads: config["threads"]
     params:
+        model_description=model_description,
         variants=config["quality"]["interpolation_variants"],
         confidence=config["quality"]["confidence"],
         device=config["device"],
@@ -109,8 +114,9 @@ rule interpolation_metrics:
 
 rule ddim_fidelity:
     input:
-        model=model_checkpoint,
-        endpoints="results/noise/ddim_endpoints.pt",
+        model=model_input,
+        card=MODEL_CARD,
+        endpoints=f"results/{PER_MODEL}noise/ddim_endpoints.pt",
         heldout=DATA["heldout"],
     output:
         csv=report(
@@ -141,17 +147,21 @@ rule ddim_fidelity:
     resources:
         gpu=1,
     params:
+        model=model_spec,
+        model_description=model_description,
+        image_fit=config["image_fit"],
         settings=config["fidelity"],
         interpolation=config["interpolation"],
         device=config["device"],
-        precision=config["precision"],
+        sampling=SAMPLING,
     script:
         "../../scripts/ddim_fidelity.py"
 
 
 rule interpolate_real_digits:
     input:
-        model=model_checkpoint,
+        model=model_input,
+        card=MODEL_CARD,
         heldout=DATA["heldout"],
     output:
         grid=report(
@@ -170,10 +180,13 @@ rule interpolate_real_digits:
     resources:
         gpu=1,
     params:
+        model=model_spec,
+        model_description=model_description,
+        image_fit=config["image_fit"],
         settings=config["real_interpolation"],
         steps=config["interpolation"]["steps"],
         batch_size=config["interpolation"]["batch_size"],
         device=config["device"],
-        precision=config["precision"],
+        sampling=SAMPLING,
     script:
         "../../scripts/interpolate_real_digits.py"

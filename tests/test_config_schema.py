@@ -28,11 +28,15 @@ JSON_TYPES = {
     "string": lambda v: isinstance(v, str),
     "boolean": lambda v: isinstance(v, bool),
     "array": lambda v: isinstance(v, list),
+    "null": lambda v: v is None,
 }
 
 
-def accepted(value, kind: str) -> bool:
-    """Of the right type, or a string that reads as one (nested --config values are strings)."""
+def accepted(value, kind: str | list[str]) -> bool:
+    """Of the right type (one of them, for a nullable key), or a string that reads as one (nested
+    --config values are strings)."""
+    if isinstance(kind, list):
+        return any(accepted(value, one) for one in kind)
     if JSON_TYPES[kind](value):
         return True
     if isinstance(value, str) and kind != "string":
@@ -54,9 +58,10 @@ def leaves(schema: dict, path: tuple = ()) -> list[tuple[tuple, dict]]:
     schema = resolve(schema)
     if schema.get("type") == "object" and "properties" in schema:
         return [item for key, sub in schema["properties"].items() for item in leaves(sub, path + (key,))]
-    if schema.get("type") in JSON_TYPES:
+    kinds = schema.get("type")
+    if isinstance(kinds, list) and set(kinds) <= set(JSON_TYPES) or kinds in JSON_TYPES:
         return [(path, schema)]
-    return []  # free-form mappings (the model sweep) have their own tests
+    return []  # free-form mappings (the model sweep) and model sources have their own tests
 
 
 LEAVES = leaves(SCHEMA)
@@ -138,6 +143,9 @@ def valid_value(schema: dict):
     if "enum" in schema:
         return st.sampled_from(schema["enum"])
     kind = schema["type"]
+    if isinstance(kind, list):  # nullable: null, or a valid value of the other type
+        other = valid_value({**schema, "type": next(k for k in kind if k != "null")})
+        return st.none() if other is None else st.one_of(st.none(), other)
     if kind == "boolean":
         return st.booleans()
     if kind in ("integer", "number"):
@@ -170,7 +178,9 @@ def test_nested_command_line_values_are_read_as_yaml():
     config = with_value(config, ("train", "lr"), "2.0e-4")
     config = with_value(config, ("interpolation", "clip_x0"), "false")
     config = with_value(config, ("model", "channel_mults"), "[1, 2]")
+    config = with_value(config, ("interpolation", "variance_type"), "null")
     check_config(config, SCHEMA_PATH)
+    assert config["interpolation"]["variance_type"] is None
     assert config["train"]["steps"] == 40000 and config["train"]["lr"] == 2e-4
     assert config["interpolation"]["clip_x0"] is False and config["model"]["channel_mults"] == [1, 2]
     assert "train.steps" in rejection(with_value(DEFAULT, ("train", "steps"), "many"))

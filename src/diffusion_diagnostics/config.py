@@ -38,8 +38,15 @@ def check_config(config: dict, schema_path: str | os.PathLike) -> None:
 
 def _from_command_line(value, kind):
     """Snakemake's --config hands nested values over as strings (``train='{steps: 40000}'`` gives
-    ``'40000'``); read such a string as YAML when that gives the type the schema wants."""
-    if not isinstance(value, str) or kind not in ("integer", "number", "boolean", "array"):
+    ``'40000'``); read such a string as YAML when that gives the type the schema wants (one of
+    them, for a key that may also be null)."""
+    if isinstance(kind, list):
+        for one in kind:
+            parsed = _from_command_line(value, one)
+            if parsed is not value:
+                return parsed
+        return value
+    if not isinstance(value, str) or kind not in ("integer", "number", "boolean", "array", "null"):
         return value
     try:
         parsed = yaml.safe_load(value)
@@ -50,6 +57,7 @@ def _from_command_line(value, kind):
         "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
         "boolean": lambda v: isinstance(v, bool),
         "array": lambda v: isinstance(v, list),
+        "null": lambda v: v is None,
     }[kind]
     return parsed if wanted(parsed) else value
 

@@ -1,5 +1,5 @@
-"""Rule ddim_fidelity: the DDIM grid at several step counts against the finest, and held-out digits
-inverted to noise and decoded back."""
+"""Rule ddim_fidelity: the DDIM grid at several step counts against the finest, x0 clipped and not,
+and held-out digits inverted to noise and decoded back both ways."""
 
 import logging
 
@@ -12,9 +12,10 @@ from diffusion_diagnostics.workflow import digits_for, load_sampling_model, run_
 
 def main(snakemake):
     settings, interpolation = snakemake.params.settings, snakemake.params.interpolation
-    diffusion, options = load_sampling_model(snakemake, clip_x0=interpolation["clip_x0"])
-    logging.info("fidelity: DDIM grids and inversion at S = %s", settings["num_steps"])
-    z0, z1 = load_endpoints(snakemake.input.endpoints)
+    diffusion, options = load_sampling_model(snakemake)
+    rows = settings["grid_rows"]
+    logging.info("fidelity: %d grid rows and inversion at S = %s", rows, settings["num_steps"])
+    z0, z1 = (endpoints[:rows] for endpoints in load_endpoints(snakemake.input.endpoints))
     sweep = ddim_step_sweep(
         diffusion,
         z0,

@@ -12,9 +12,9 @@ from diffusion_diagnostics.workflow import load_sampling_model, run_rule
 
 def main(snakemake):
     settings, wildcards = snakemake.params.settings, snakemake.wildcards
-    diffusion, options = load_sampling_model(
-        snakemake, clip_x0=settings["clip_x0"], variance_type=settings["variance_type"]
-    )
+    # DDIM's grids have their own clipping: clipping x0 makes fewer DDIM steps another map (ddim_fidelity).
+    clip_x0 = settings["ddim"]["clip_x0"] if wildcards.sampler == "ddim" else settings["clip_x0"]
+    diffusion, options = load_sampling_model(snakemake, clip_x0=clip_x0, variance_type=settings["variance_type"])
     z0, z1 = load_endpoints(snakemake.input.endpoints)
     logging.info(
         "%s %s grid (%s per-step noise): %d rows x %d columns",

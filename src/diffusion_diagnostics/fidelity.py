@@ -36,37 +36,43 @@ def ddim_step_sweep(
     batch_size: int = 72,
     progress: bool = True,
     options: SamplingOptions | None = None,
+    clipping: tuple[bool, ...] = (False, True),
 ) -> list[dict]:
-    """Decode the same interpolation grid with η = 0 DDIM at every step count; one row per count
-    with its wall time and its error against the grid of the largest count (the reference)."""
+    """Decode the same interpolation grid with η = 0 DDIM at every step count, with x̂_0 clipped
+    and not (``clipping``); one row per (count, clipping) with its wall time, its error against
+    the grid of the largest count decoded the same way (``*_to_reference``: is the map the same
+    at fewer steps?) and against the unclipped one (``*_to_unclipped``: the exact DDIM map, which
+    fewer unclipped steps approach, DDIM section 4.3)."""
+    options = options or SamplingOptions()
     grids, seconds = {}, {}
-    for num_steps in _check_step_counts(step_counts):
-        start = time.perf_counter()
-        # .cpu() inside the batching syncs the device, so the time is the sampling's own.
-        grids[num_steps] = interpolation_grid(
-            diffusion,
-            z0,
-            z1,
-            steps,
-            "ddim",
-            num_steps,
-            0.0,
-            interpolation,
-            batch_size,
-            progress=progress,
-            options=options,
-        )
-        seconds[num_steps] = time.perf_counter() - start
-    reference_steps = max(grids)
-    return [
-        {
-            "num_steps": num_steps,
-            "reference_steps": reference_steps,
-            **{f"{k}_to_reference": v for k, v in _errors(grid, grids[reference_steps]).items()},
-            "seconds": seconds[num_steps],
-        }
-        for num_steps, grid in grids.items()
-    ]
+    for clip in clipping:
+        for num_steps in _check_step_counts(step_counts):
+            start = time.perf_counter()
+            # .cpu() inside the batching syncs the device, so the time is the sampling's own.
+            grids[num_steps, clip] = interpolation_grid(
+                diffusion,
+                z0,
+                z1,
+                steps,
+                "ddim",
+                num_steps,
+                0.0,
+                interpolation,
+                batch_size,
+                progress=progress,
+                options=dataclasses.replace(options, clip_x0=clip),
+            )
+            seconds[num_steps, clip] = time.perf_counter() - start
+    reference_steps = max(step_counts)
+    unclipped = grids.get((reference_steps, False))
+    rows = []
+    for (num_steps, clip), grid in grids.items():
+        row = {"num_steps": num_steps, "clip_x0": clip, "reference_steps": reference_steps}
+        row.update({f"{k}_to_reference": v for k, v in _errors(grid, grids[reference_steps, clip]).items()})
+        if unclipped is not None:
+            row.update({f"{k}_to_unclipped": v for k, v in _errors(grid, unclipped).items()})
+        rows.append({**row, "seconds": seconds[num_steps, clip]})
+    return rows
 
 
 def inversion_reconstruction(
@@ -76,29 +82,39 @@ def inversion_reconstruction(
     batch_size: int = 72,
     progress: bool = True,
     options: SamplingOptions | None = None,
+    clipping: tuple[bool, ...] = (False, True),
 ) -> list[dict]:
     """Real images -> DDIM inversion -> η = 0 DDIM decoding, with the same S both ways; one row
-    per S with the reconstruction error. Clipping is off whatever ``options`` say: inversion
-    inverts the unclipped map."""
+    per (S, clipping of the decoding) with the reconstruction error. The inversion itself is never
+    clipped (clipping is not invertible), so only the unclipped decoding can give the images back."""
     device = model_device(diffusion)
-    options = dataclasses.replace(options or SamplingOptions(), clip_x0=False)
+    options = options or SamplingOptions()
     rows = []
     for num_steps in _check_step_counts(step_counts):
         start = time.perf_counter()
 
-        def round_trip(batch, desc, num_steps=num_steps):
-            noise = diffusion.ddim_invert(batch, num_steps, options=options)
-            return diffusion.sample_ddim(
-                noise, num_steps, progress=progress, desc=f"DDIM {num_steps} {desc}", options=options
-            )
+        def invert(batch, desc, num_steps=num_steps):
+            return diffusion.ddim_invert(batch, num_steps, options=options)
 
-        decoded = sample_in_batches(round_trip, images.float(), batch_size, device)
-        rows.append(
-            {
-                "num_steps": num_steps,
-                "images": len(images),
-                **_errors(decoded, images),
-                "seconds": time.perf_counter() - start,
-            }
-        )
+        noise = sample_in_batches(invert, images.float(), batch_size, device)
+        inverted = time.perf_counter() - start
+        for clip in clipping:
+            start = time.perf_counter()
+            decoding = dataclasses.replace(options, clip_x0=clip)
+
+            def decode(batch, desc, num_steps=num_steps, decoding=decoding):
+                return diffusion.sample_ddim(
+                    batch, num_steps, progress=progress, desc=f"DDIM {num_steps} {desc}", options=decoding
+                )
+
+            decoded = sample_in_batches(decode, noise, batch_size, device)
+            rows.append(
+                {
+                    "num_steps": num_steps,
+                    "clip_x0": clip,
+                    "images": len(images),
+                    **_errors(decoded, images),
+                    "seconds": inverted + time.perf_counter() - start,
+                }
+            )
     return rows

@@ -1,5 +1,6 @@
-"""matplotlib figures: per-timestep loss bars, their comparison across models, the training loss curve,
-and the classifier-judged sample quality, interpolation smoothness and DDIM fidelity."""
+"""matplotlib figures: per-timestep loss bars, the errors and bound against log-SNR and their comparison
+across models, the training loss curve, and the classifier-judged sample quality, interpolation
+smoothness and DDIM fidelity."""
 
 from __future__ import annotations
 
@@ -34,34 +35,122 @@ def plot_timestep_loss(rows: list[dict], path: str | os.PathLike) -> None:
     _save(figure, path)
 
 
-def plot_timestep_loss_comparison(rows: list[dict], path: str | os.PathLike) -> None:
-    """One ε-MSE line per model over the bucket centres, with a ±1 standard-error band.
+ERRORS = (("mse", "std_error", "ε"), ("x0_mse", "x0_std_error", "x̂₀"), ("v_mse", "v_std_error", "v"))
+OBJECTIVE_ERROR = {"epsilon": "mse", "sample": "x0_mse", "v_prediction": "v_mse"}
+LOG_SNR_LABEL = "log-SNR λ = log(ᾱ / (1 - ᾱ)), t increasing →"
+
+
+def _bucket_span(rows: list[dict]) -> tuple[list[float], list[float]]:
+    """Each bucket's log-SNR midpoint and half its extent: where it sits on the λ axis."""
+    starts = [float(r["log_snr_start"]) for r in rows]
+    ends = [float(r["log_snr_end"]) for r in rows]
+    return [(a + b) / 2 for a, b in zip(starts, ends, strict=True)], [
+        (a - b) / 2 for a, b in zip(starts, ends, strict=True)
+    ]
+
+
+def _std_errors(rows: list[dict], key: str) -> list[float]:
+    return [0.0 if math.isnan(float(r[key])) else float(r[key]) for r in rows]
+
+
+def _log_snr_axes(axes, ylabel: str) -> None:
+    axes.set_yscale("log")
+    # High λ (t = 0, almost clean) on the left, as t runs in the bar chart.
+    axes.invert_xaxis()
+    axes.set_xlabel(LOG_SNR_LABEL)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3, which="both")
+
+
+def plot_timestep_loss_snr(rows: list[dict], bound: dict, path: str | os.PathLike) -> None:
+    """The ε-, x̂₀- and v-MSE per bucket (the model's objective drawn bold), and the bucket's mean
+    bound term L_t, each against log-SNR on log axes, ±1 standard error; rows as in the loss CSV,
+    ``bound`` as in nll.json. Horizontal bars: the bucket's span of λ."""
+    centres, spans = _bucket_span(rows)
+    objective = OBJECTIVE_ERROR[rows[0]["objective"]]
+    figure, (errors, terms) = plt.subplots(1, 2, figsize=(12.0, 4.4), layout="constrained")
+    for color, (key, std_key, name) in enumerate(ERRORS):
+        trained = key == objective
+        errors.errorbar(
+            centres,
+            [float(r[key]) for r in rows],
+            xerr=spans,
+            yerr=_std_errors(rows, std_key),
+            fmt="o-",
+            color=f"C{color}",
+            linewidth=2.5 if trained else 1.0,
+            markersize=4,
+            capsize=2,
+            label=f"{name}-MSE" + (" (training objective)" if trained else ""),
+        )
+    _log_snr_axes(errors, "MSE")
+    errors.set_title("Prediction errors vs log-SNR")
+    errors.legend()
+    terms.errorbar(
+        centres,
+        [float(r["vb_bpd"]) for r in rows],
+        xerr=spans,
+        yerr=_std_errors(rows, "vb_std_error"),
+        fmt="o-",
+        color="C3",
+        markersize=4,
+        capsize=2,
+        label="mean L_t of the bucket (bucket 0 holds L_0)",
+    )
+    _log_snr_axes(terms, "bits per dimension per timestep")
+    terms.set_title(
+        f"Bound {bound['total_bpd']:.3f} ± {bound['std_error']:.3f} bits/dim: "
+        f"L_0 {bound['decoder_bpd']:.3f}, Σ L_t {bound['kl_bpd']:.3f}, L_T {bound['prior_bpd']:.2g}",
+        fontsize=10,
+    )
+    terms.legend()
+    figure.suptitle(_images_measured(bound))
+    _save(figure, path)
+
+
+def _images_measured(bound: dict) -> str:
+    """Which images the numbers are of, as nll.json says (the split only when the workflow wrote it)."""
+    where = f" of the {bound['split']} split" if "split" in bound else ""
+    source = f" ({bound['data_source']})" if "data_source" in bound else ""
+    return f"{bound['num_images']:,} images{where}{source}, T = {bound['timesteps']}"
+
+
+def plot_timestep_loss_comparison(
+    rows: list[dict], path: str | os.PathLike, bounds: dict[str, dict] | None = None
+) -> None:
+    """Every model's ε-MSE and mean bound term per bucket against log-SNR, on log axes with a ±1
+    standard-error band, so that models with different schedules or T line up.
 
     ``rows`` as in the comparison CSV: the loss CSV's columns plus ``model``; models keep the order
-    of their first row.
+    of their first row. ``bounds``: each model's nll.json, whose total goes in the legend.
     """
     by_model: dict[str, list[dict]] = {}
     for row in rows:
         by_model.setdefault(row["model"], []).append(row)
-    figure, axes = plt.subplots(figsize=(7.0, 4.0), layout="constrained")
+    figure, (errors, terms) = plt.subplots(1, 2, figsize=(12.0, 4.4), layout="constrained")
     for model, model_rows in by_model.items():
-        centres = [(int(r["t_start"]) + int(r["t_end"])) / 2 for r in model_rows]
-        means = [float(r["mse"]) for r in model_rows]
-        errors = [0.0 if math.isnan(float(r["std_error"])) else float(r["std_error"]) for r in model_rows]
-        (line,) = axes.plot(centres, means, "o-", markersize=3, label=model)
-        axes.fill_between(
-            centres,
-            [m - e for m, e in zip(means, errors, strict=True)],
-            [m + e for m, e in zip(means, errors, strict=True)],
-            color=line.get_color(),
-            alpha=0.2,
-            linewidth=0,
-        )
-    axes.set_title("Noise-prediction error vs timestep")
-    axes.set_xlabel("timestep t")
-    axes.set_ylabel("MSE (ε-prediction error)")
-    axes.grid(alpha=0.3)
-    axes.legend(title="model (±1 SE band)")
+        centres, _ = _bucket_span(model_rows)
+        label = model
+        if bounds and model in bounds:
+            label += f" ({bounds[model]['total_bpd']:.3f} ± {bounds[model]['std_error']:.3f} bits/dim)"
+        for axes, key, std_key in ((errors, "mse", "std_error"), (terms, "vb_bpd", "vb_std_error")):
+            means = [float(r[key]) for r in model_rows]
+            spread = _std_errors(model_rows, std_key)
+            (line,) = axes.plot(centres, means, "o-", markersize=3, label=label)
+            axes.fill_between(
+                centres,
+                [m - e for m, e in zip(means, spread, strict=True)],
+                [m + e for m, e in zip(means, spread, strict=True)],
+                color=line.get_color(),
+                alpha=0.2,
+                linewidth=0,
+            )
+    _log_snr_axes(errors, "MSE (ε-prediction error)")
+    errors.set_title("Noise-prediction error vs log-SNR")
+    errors.legend(title="model (±1 SE band)")
+    _log_snr_axes(terms, "bits per dimension per timestep")
+    terms.set_title("Mean bound term L_t of each bucket vs log-SNR")
+    terms.legend(title="model (total bound)", fontsize=8)
     _save(figure, path)
 
 
@@ -205,36 +294,52 @@ def plot_interpolation_metrics(rows: list[dict], path: str | os.PathLike) -> Non
 
 
 def plot_ddim_fidelity(rows: list[dict], path: str | os.PathLike) -> None:
-    """Error of DDIM with S steps against the S = 1000 decoding of the same noise, and the
-    wall time, per S; rows with num_steps, rmse_to_reference, max_error_to_reference and seconds."""
-    rows = sorted(rows, key=lambda r: int(r["num_steps"]))
-    steps = [int(r["num_steps"]) for r in rows]
+    """Error of DDIM with S steps against the grid with the most steps decoded the same way, for
+    x̂_0 clipped and not, and the wall time, per S; rows as fidelity.ddim_step_sweep gives them."""
     figure, error_axes = plt.subplots(figsize=(7.0, 4.0), layout="constrained")
-    lines = error_axes.plot(
-        steps, [float(r["rmse_to_reference"]) for r in rows], "o-", color="tab:blue", label="RMSE"
-    )
-    lines += error_axes.plot(
-        steps,
-        [float(r["max_error_to_reference"]) for r in rows],
-        "s--",
-        color="tab:blue",
-        alpha=0.5,
-        label="max |error|",
-    )
+    time_axes = error_axes.twinx()
+    lines = []
+    for clip, color in ((False, "tab:blue"), (True, "tab:red")):
+        chosen = sorted((r for r in rows if _truth(r["clip_x0"]) == clip), key=lambda r: int(r["num_steps"]))
+        if not chosen:
+            continue
+        steps = [int(r["num_steps"]) for r in chosen]
+        label = "x0 clipped" if clip else "not clipped"
+        # The reference's own zero cannot be drawn on a log axis: fewer steps only.
+        fewer = [r for r in chosen if int(r["num_steps"]) < max(steps)]
+        lines += error_axes.plot(
+            [int(r["num_steps"]) for r in fewer],
+            [float(r["rmse_to_reference"]) for r in fewer],
+            "o-",
+            color=color,
+            label=f"RMSE, {label}",
+        )
+        lines += time_axes.plot(
+            steps,
+            [float(r["seconds"]) for r in chosen],
+            "^:",
+            color=color,
+            alpha=0.5,
+            label=f"wall time, {label}",
+        )
+    all_steps = sorted({int(r["num_steps"]) for r in rows})
+    reference = max(all_steps)
     error_axes.set_xscale("log")
-    error_axes.set_xticks(steps, [str(s) for s in steps])
+    error_axes.set_yscale("log")
+    error_axes.set_xticks(all_steps, [str(s) for s in all_steps])
     error_axes.minorticks_off()
     error_axes.set_xlabel("DDIM steps S")
-    error_axes.set_ylabel("error vs S = 1000 (pixels in [-1, 1])")
+    error_axes.set_ylabel(f"RMSE to S = {reference}, same clipping (pixels in [-1, 1])")
     error_axes.grid(alpha=0.3)
-    time_axes = error_axes.twinx()
-    lines += time_axes.plot(
-        steps, [float(r["seconds"]) for r in rows], "^-", color="tab:orange", label="wall time"
-    )
     time_axes.set_ylabel("wall time (s)")
-    error_axes.legend(lines, [line.get_label() for line in lines], loc="upper center")
-    error_axes.set_title("DDIM: fewer steps vs the S = 1000 grid")
+    error_axes.legend(lines, [line.get_label() for line in lines], loc="best", fontsize="small")
+    error_axes.set_title(f"DDIM: fewer steps vs the S = {reference} grid")
     _save(figure, path)
+
+
+def _truth(value) -> bool:
+    """A boolean as a row holds it: True, or "True" read back from a CSV."""
+    return value is True or str(value) == "True"
 
 
 def _save(figure, path: str | os.PathLike) -> None:

@@ -144,7 +144,10 @@ def test_trained_model_has_its_overrides_over_the_top_level_settings(sweep_run):
 def test_comparison_csv_is_the_per_model_csvs_with_a_model_column(sweep_run):
     workdir, config = sweep_run
     combined = read_csv(workdir / COMPARE_CSV)
-    assert list(combined[0]) == ["model", "bucket", "t_start", "t_end", "mse", "count", "std_error"]
+    own_columns = list(read_csv(workdir / "results" / MODELS[0] / "timestep_loss.csv")[0])
+    assert own_columns[:6] == ["bucket", "t_start", "t_end", "mse", "count", "std_error"]
+    assert {"log_snr_start", "log_snr_end", "vb_bpd"} <= set(own_columns)
+    assert list(combined[0]) == ["model", *own_columns]
     buckets = config["timestep_loss"]["buckets"]
     assert len(combined) == len(MODELS) * buckets
     for model in MODELS:
@@ -248,12 +251,21 @@ def test_bad_models_are_rejected_naming_the_key(tmp_path, models, key):
 # --- the package functions behind compare_timestep_loss ------------------------------------------
 
 
-def write_loss_csv(path, mse: list[float]) -> None:
+LOSS_COLUMNS = ["bucket", "t_start", "t_end", "mse", "count", "std_error", "log_snr_start", "log_snr_end"]
+BOUND_COLUMNS = ["vb_bpd", "vb_std_error"]
+
+
+def write_loss_csv(path, mse: list[float], log_snr_shift: float = 0.0) -> None:
+    """A loss CSV with the columns the comparison reads: its ε-MSE, log-SNR ends and bound terms."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["bucket", "t_start", "t_end", "mse", "count", "std_error"])
+        writer.writerow(LOSS_COLUMNS + BOUND_COLUMNS)
         for bucket, value in enumerate(mse):
-            writer.writerow([bucket, 10 * bucket, 10 * bucket + 9, value, 4, "nan" if bucket else 0.01])
+            log_snr = (5 - 2 * bucket + log_snr_shift, 3 - 2 * bucket + log_snr_shift)
+            error = "nan" if bucket else 0.01
+            writer.writerow(
+                [bucket, 10 * bucket, 10 * bucket + 9, value, 4, error, *log_snr, value / 100, error]
+            )
 
 
 def test_combined_rows_keep_model_order_and_values(tmp_path):
@@ -281,10 +293,12 @@ def test_combining_nothing_or_mismatched_columns_is_an_error(tmp_path):
 
 def test_comparison_plot_is_byte_stable(tmp_path):
     write_loss_csv(tmp_path / "a.csv", [0.5, 0.25, 0.2])
-    write_loss_csv(tmp_path / "b.csv", [0.4, 0.3, 0.1])
+    # Another schedule: the same buckets sit elsewhere on the log-SNR axis.
+    write_loss_csv(tmp_path / "b.csv", [0.4, 0.3, 0.1], log_snr_shift=-1.5)
     rows = combine_timestep_loss_csvs({"a": tmp_path / "a.csv", "b": tmp_path / "b.csv"})
-    plot_timestep_loss_comparison(rows, tmp_path / "one.png")
-    plot_timestep_loss_comparison(rows, tmp_path / "two.png")
+    bounds = {"a": {"total_bpd": 1.5, "std_error": 0.02}, "b": {"total_bpd": 1.25, "std_error": 0.01}}
+    plot_timestep_loss_comparison(rows, tmp_path / "one.png", bounds)
+    plot_timestep_loss_comparison(rows, tmp_path / "two.png", bounds)
     assert (tmp_path / "one.png").read_bytes() == (tmp_path / "two.png").read_bytes()
     with Image.open(tmp_path / "one.png") as image:
         assert image.format == "PNG"

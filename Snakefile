@@ -22,6 +22,8 @@ rule all:
         for_each_model(
             f"results/{PER_MODEL}timestep_loss.csv",
             f"results/{PER_MODEL}timestep_loss.png",
+            f"results/{PER_MODEL}timestep_loss_snr.png",
+            f"results/{PER_MODEL}nll.json",
             f"results/{PER_MODEL}interp.png",
             f"results/{PER_MODEL}interp_ddim.png",
             f"results/{PER_MODEL}interp_real.png",

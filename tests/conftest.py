@@ -1,13 +1,18 @@
-"""Shared fixtures: the repository, the tiny config, and a runner for real snakemake subprocesses."""
+"""Shared fixtures and test doubles: the repository, the tiny config, a runner for real snakemake
+subprocesses, a tiny UNet, the CUDA-graph stand-in and a stand-in Hugging Face Hub."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import torch
@@ -28,6 +33,9 @@ SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or 
 OUTPUTS = [
     "results/timestep_loss.csv",
     "results/timestep_loss.png",
+    "results/timestep_loss_snr.png",
+    "results/nll.json",
+    "results/model.json",
     "results/noise/ddpm_endpoints.pt",
     "results/noise/ddim_endpoints.pt",
     "results/interp.png",
@@ -149,3 +157,125 @@ def tiny_run(tmp_path_factory) -> Path:
     result = run_snakemake(workdir, "--cores", "2", "--resources", "gpu=1")
     assert result.returncode == 0, result.stdout + result.stderr
     return workdir
+
+
+# --- a stand-in for the Hugging Face Hub, on 127.0.0.1 ----------------------------------------
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class StandInHub(ThreadingHTTPServer):
+    """A folder served on 127.0.0.1 as the Hub serves repository ``repo_id`` at commit COMMIT, for
+    what huggingface_hub 2.4's snapshot_download requests:
+
+    - GET  /api/models/{repo}/revision/{revision}: the model info; snapshot_download reads its ``sha``;
+    - GET  /api/models/{repo}/tree/{commit}?recursive=True: every file with its size and blob id;
+    - HEAD /{repo}/resolve/{commit}/{file}: the ETag, X-Repo-Commit and Content-Length headers;
+    - GET  /{repo}/resolve/{commit}/{file}: the bytes.
+
+    No file carries a Xet hash (no ``xetHash`` in the tree, no X-Xet-Hash header), so each file comes
+    by a plain HTTP GET. ``requests`` records (method, path) of every request.
+    """
+
+    def __init__(self, folder: Path, repo_id: str, revisions: tuple[str, ...] = ("main",)):
+        self.files = {
+            p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+        }
+        self.repo_id, self.revisions = repo_id, {*revisions, COMMIT}
+        self.requests: list[tuple[str, str]] = []
+        super().__init__(("127.0.0.1", 0), HubRequestHandler)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def model_info(self) -> dict:
+        return {"id": self.repo_id, "sha": COMMIT, "siblings": [{"rfilename": name} for name in self.files]}
+
+    def tree(self) -> list[dict]:
+        folders = {str(Path(name).parent) for name in self.files} - {"."}
+        entries = [
+            {"type": "directory", "oid": "0" * 40, "size": 0, "path": name} for name in sorted(folders)
+        ]
+        return entries + [
+            {"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data), "path": name}
+            for name, data in self.files.items()
+        ]
+
+
+class HubRequestHandler(BaseHTTPRequestHandler):
+    server: StandInHub
+
+    def do_GET(self):
+        self.answer()
+
+    def do_HEAD(self):
+        self.answer()
+
+    def log_message(self, *args):
+        """Quiet: the tests read ``server.requests`` instead."""
+
+    def answer(self) -> None:
+        path = urlsplit(self.path).path
+        self.server.requests.append((self.command, unquote(path)))
+        repo = re.escape(self.server.repo_id)
+        # huggingface_hub quotes a revision whole ('/' as %2F) and a file name by its parts.
+        if api := re.fullmatch(rf"/api/models/{repo}/(revision|tree)/([^/]+)", path):
+            kind, revision, name = api[1], unquote(api[2]), None
+        elif download := re.fullmatch(rf"/{repo}/resolve/([^/]+)/(.+)", path):
+            kind, revision, name = "resolve", unquote(download[1]), unquote(download[2])
+        else:
+            return self.send(404, {"X-Error-Code": "RepoNotFound"})
+        if revision not in self.server.revisions:
+            return self.send(404, {"X-Error-Code": "RevisionNotFound"})
+        if kind != "resolve":
+            listing = self.server.model_info() if kind == "revision" else self.server.tree()
+            return self.send(200, {"Content-Type": "application/json"}, json.dumps(listing).encode())
+        if name not in self.server.files:
+            return self.send(404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT})
+        data = self.server.files[name]
+        self.send(200, {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": COMMIT}, data)
+
+    def send(self, status: int, headers: dict, body: bytes = b"") -> None:
+        self.send_response(status)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
+def save_diffusers_folder(
+    path: Path, layout: str, sample_size: int = 16, safe: bool = True, **scheduler
+) -> Path:
+    """A tiny UNet2DModel and a DDPMScheduler (keys: ``scheduler``) saved by diffusers' own
+    save_pretrained: as a pipeline (model_index.json, unet/, scheduler/) or flat, side by side."""
+    import diffusers
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        unet = diffusers.UNet2DModel(
+            sample_size=sample_size,
+            in_channels=1,
+            out_channels=1,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D"),
+            norm_num_groups=4,
+        )
+    schedule = diffusers.DDPMScheduler(**{"num_train_timesteps": 20, **scheduler})
+    if layout == "pipeline":
+        diffusers.DDPMPipeline(unet=unet, scheduler=schedule).save_pretrained(path, safe_serialization=safe)
+    else:
+        unet.save_pretrained(path, safe_serialization=safe)
+        schedule.save_pretrained(path)
+    return path
+
+
+def tree_digest(path: Path) -> str:
+    """One hash of every file under ``path`` (names and bytes): a user's folder must not change."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()

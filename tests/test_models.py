@@ -8,16 +8,12 @@ is downloaded from the internet.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import shutil
 import socket
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import own_network
 import pytest
@@ -27,7 +23,7 @@ from diffusion_diagnostics import DiagnosticsError, DiffusionProcess, load_model
 from diffusion_diagnostics.diffusion import SamplingOptions
 from diffusion_diagnostics.models import hub_folder_name, load_entry_point
 
-from conftest import tiny_unet
+from conftest import COMMIT, StandInHub, tiny_unet
 
 T = 30
 UNET = {
@@ -311,90 +307,6 @@ def test_entry_point_schedule_left_out_takes_the_defaults_without_diffusers(tmp_
 
 
 # --- the Hub ------------------------------------------------------------------------------------
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-class StandInHub(ThreadingHTTPServer):
-    """A folder served on 127.0.0.1 as the Hub serves repository ``repo_id`` at commit COMMIT, for
-    what huggingface_hub 2.4's snapshot_download requests:
-
-    - GET  /api/models/{repo}/revision/{revision}: the model info; snapshot_download reads its ``sha``;
-    - GET  /api/models/{repo}/tree/{commit}?recursive=True: every file with its size and blob id;
-    - HEAD /{repo}/resolve/{commit}/{file}: the ETag, X-Repo-Commit and Content-Length headers;
-    - GET  /{repo}/resolve/{commit}/{file}: the bytes.
-
-    No file carries a Xet hash (no ``xetHash`` in the tree, no X-Xet-Hash header), so each file comes
-    by a plain HTTP GET. ``requests`` records (method, path) of every request.
-    """
-
-    def __init__(self, folder: Path, repo_id: str, revisions: tuple[str, ...] = ("main",)):
-        self.files = {
-            p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
-        }
-        self.repo_id, self.revisions = repo_id, {*revisions, COMMIT}
-        self.requests: list[tuple[str, str]] = []
-        super().__init__(("127.0.0.1", 0), HubRequestHandler)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def model_info(self) -> dict:
-        return {"id": self.repo_id, "sha": COMMIT, "siblings": [{"rfilename": name} for name in self.files]}
-
-    def tree(self) -> list[dict]:
-        folders = {str(Path(name).parent) for name in self.files} - {"."}
-        entries = [
-            {"type": "directory", "oid": "0" * 40, "size": 0, "path": name} for name in sorted(folders)
-        ]
-        return entries + [
-            {"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data), "path": name}
-            for name, data in self.files.items()
-        ]
-
-
-class HubRequestHandler(BaseHTTPRequestHandler):
-    server: StandInHub
-
-    def do_GET(self):
-        self.answer()
-
-    def do_HEAD(self):
-        self.answer()
-
-    def log_message(self, *args):
-        """Quiet: the tests read ``server.requests`` instead."""
-
-    def answer(self) -> None:
-        path = urlsplit(self.path).path
-        self.server.requests.append((self.command, unquote(path)))
-        repo = re.escape(self.server.repo_id)
-        # huggingface_hub quotes a revision whole ('/' as %2F) and a file name by its parts.
-        if api := re.fullmatch(rf"/api/models/{repo}/(revision|tree)/([^/]+)", path):
-            kind, revision, name = api[1], unquote(api[2]), None
-        elif download := re.fullmatch(rf"/{repo}/resolve/([^/]+)/(.+)", path):
-            kind, revision, name = "resolve", unquote(download[1]), unquote(download[2])
-        else:
-            return self.send(404, {"X-Error-Code": "RepoNotFound"})
-        if revision not in self.server.revisions:
-            return self.send(404, {"X-Error-Code": "RevisionNotFound"})
-        if kind != "resolve":
-            listing = self.server.model_info() if kind == "revision" else self.server.tree()
-            return self.send(200, {"Content-Type": "application/json"}, json.dumps(listing).encode())
-        if name not in self.server.files:
-            return self.send(404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT})
-        data = self.server.files[name]
-        self.send(200, {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": COMMIT}, data)
-
-    def send(self, status: int, headers: dict, body: bytes = b"") -> None:
-        self.send_response(status)
-        for name, value in {**headers, "Content-Length": str(len(body))}.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
 
 @pytest.fixture
 def stand_in_hub(diffusers, tmp_path, monkeypatch):

@@ -257,12 +257,13 @@ def test_original_functions_are_exported_with_their_defaults():
         "batch_size": 72,
         "generator": None,
     }
+    # The original's: all 1000 DDIM steps of its schedule, and the same file name as the DDPM grid.
     assert defaults(package.interpolate_noise_and_generate_ddim) == {
         "n": 8,
         "steps": 7,
-        "ddim_steps": 50,
+        "ddim_steps": 1000,
         "eta": 0.0,
-        "save_path": "interp_ddim.png",
+        "save_path": "interp.png",
         "device": None,
         "interpolation": "lerp",
         "batch_size": 72,
@@ -270,7 +271,7 @@ def test_original_functions_are_exported_with_their_defaults():
     }
     assert defaults(package.sample_from_xt) == {"device": None, "generator": None}
     assert defaults(package.ddim_sample_from_xt) == {
-        "ddim_steps": 50,
+        "ddim_steps": 1000,
         "eta": 0.0,
         "device": None,
         "generator": None,
@@ -320,8 +321,8 @@ def test_interpolate_noise_and_generate_ddim_writes_and_returns_the_grid(diffusi
     returned = diffusion_diagnostics.interpolate_noise_and_generate_ddim(
         diffusion, n=1, steps=2, ddim_steps=T
     )
-    assert returned == "interp_ddim.png"
-    assert png_size(tmp_path / "interp_ddim.png") == (2 * 30 + 2, 1 * 30 + 2)
+    assert returned == "interp.png"
+    assert png_size(tmp_path / "interp.png") == (2 * 30 + 2, 1 * 30 + 2)
 
 
 def test_sample_from_xt_and_ddim_sample_from_xt(diffusion):

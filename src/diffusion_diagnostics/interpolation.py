@@ -271,8 +271,9 @@ def sample_from_xt(diffusion, x_t, device=None, generator=None):
     return diffusion.sample(x_t, generator=generator)
 
 
-def ddim_sample_from_xt(diffusion, x_t, ddim_steps=50, eta=0.0, device=None, generator=None):
-    """DDIM sampling from given noise x_T with ``ddim_steps`` steps; deterministic when η = 0."""
+def ddim_sample_from_xt(diffusion, x_t, ddim_steps=1000, eta=0.0, device=None, generator=None):
+    """DDIM sampling from given noise x_T with ``ddim_steps`` steps; deterministic when η = 0. By
+    default all 1000 steps of the original's schedule, as the original ran."""
     _, x_t = _on_model_device(diffusion, device, x_t)
     return diffusion.sample_ddim(x_t, ddim_steps, eta, generator=generator)
 
@@ -306,9 +307,9 @@ def interpolate_noise_and_generate_ddim(
     diffusion,
     n=8,
     steps=7,
-    ddim_steps=50,
+    ddim_steps=1000,
     eta=0.0,
-    save_path="interp_ddim.png",
+    save_path="interp.png",
     device=None,
     *,
     interpolation="lerp",

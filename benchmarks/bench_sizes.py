@@ -1,0 +1,90 @@
+"""The sizes a benchmark run measures at: the workflow's own (config.yaml), or tiny ones for --quick."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    model: dict  # our UNet's constructor arguments
+    diffusion: dict  # timesteps, beta_start, beta_end
+    rows: int  # the grid: rows × columns images, decoded as one batch
+    columns: int
+    ddim_steps: tuple[int, ...]  # descending; the first is T, the reference of the accuracy rows
+    workflow_ddim_steps: int
+    loss_batch: int
+    loss_batches: int
+    loss_buckets: int
+    train_batch: int
+    # train() is timed at two lengths; the difference is the steady-state cost of its loop.
+    train_steps: tuple[int, int]
+    train_val_size: int
+    # The practical peak: a large 3 × 3 convolution (batch, channels in = out, image size).
+    conv: tuple[int, int, int]
+    conv_calls: int
+    # Paired short runs: a sampler of this many steps against the same forwards alone, this many times.
+    paired_steps: int
+    pairs: int
+    diffusers_blocks: tuple[int, ...]  # block_out_channels of the diffusers UNet laid out like ours
+
+    @property
+    def timesteps(self) -> int:
+        return self.diffusion["timesteps"]
+
+    @property
+    def images(self) -> int:
+        return self.rows * self.columns
+
+
+def full_sizes() -> Sizes:
+    """The workflow's defaults, read from config.yaml so that the benchmark follows them."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    grid, loss, training = config["interpolation"], config["timestep_loss"], config["train"]
+    timesteps = config["diffusion"]["timesteps"]
+    return Sizes(
+        model={key: config["model"][key] for key in ("base_channels", "channel_mults", "num_res_blocks")},
+        diffusion={key: config["diffusion"][key] for key in ("timesteps", "beta_start", "beta_end")},
+        rows=grid["n"],
+        columns=grid["steps"],
+        ddim_steps=tuple(sorted({timesteps, 250, 100, grid["ddim"]["num_steps"]}, reverse=True)),
+        workflow_ddim_steps=grid["ddim"]["num_steps"],
+        loss_batch=loss["batch_size"],
+        loss_batches=loss["num_batches"],
+        loss_buckets=loss["buckets"],
+        train_batch=training["batch_size"],
+        train_steps=(10, 60),
+        train_val_size=training["val_size"],
+        conv=(64, 256, 28),
+        conv_calls=3,
+        paired_steps=10,
+        pairs=30,
+        diffusers_blocks=(32, 64, 64),
+    )
+
+
+def quick_sizes() -> Sizes:
+    return Sizes(
+        model={"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1},
+        diffusion={"timesteps": 10, "beta_start": 1e-3, "beta_end": 0.2},
+        rows=2,
+        columns=3,
+        ddim_steps=(10, 5, 2),
+        workflow_ddim_steps=2,
+        loss_batch=16,
+        loss_batches=2,
+        loss_buckets=2,
+        train_batch=8,
+        train_steps=(2, 4),
+        train_val_size=16,
+        conv=(2, 32, 14),
+        conv_calls=1,
+        paired_steps=3,
+        pairs=3,
+        diffusers_blocks=(8, 16),
+    )

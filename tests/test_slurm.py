@@ -43,8 +43,10 @@ START_SCRIPT = REPO / "tests" / "slurm" / "start-cluster.sh"
 STOP_SCRIPT = REPO / "tests" / "slurm" / "stop-cluster.sh"
 
 CPU_RULES = {
+    "describe_model",
     "noise_endpoints",
     "plot_timestep_loss",
+    "plot_timestep_loss_snr",
     "interpolation_grid_ddpm",
     "interpolation_grid_ddim",
     "interpolation_metrics",

@@ -33,12 +33,17 @@ PER_MODEL_OUTPUTS = [
     "quality/sample_quality.csv",
     "quality/interpolation_metrics.csv",
     "quality/ddim_fidelity.csv",
+    "noise/ddpm_endpoints.pt",
+    "noise/ddim_endpoints.pt",
+    "model.json",
 ]
 COMPARE_CSV = "results/compare/timestep_loss.csv"
 COMPARE_PNG = "results/compare/timestep_loss.png"
 # Once per model; train only for a model without a checkpoint, the classifier once for all.
 PER_MODEL_RULES = (GPU_RULES - {"train", "train_classifier", "interpolation_samples"}) | {
+    "describe_model",
     "plot_timestep_loss",
+    "plot_timestep_loss_snr",
     "interpolation_grid_ddpm",
     "interpolation_grid_ddim",
     "interpolation_metrics",
@@ -114,17 +119,12 @@ def test_sweep_writes_every_per_model_output_and_no_single_model_one(sweep_run):
     for model in MODELS:
         for name in PER_MODEL_OUTPUTS:
             assert (workdir / "results" / model / name).stat().st_size > 0, (model, name)
-    for name in (
-        COMPARE_CSV,
-        COMPARE_PNG,
-        "results/noise/ddpm_endpoints.pt",
-        "results/noise/ddim_endpoints.pt",
-    ):
+    for name in (COMPARE_CSV, COMPARE_PNG):
         assert (workdir / name).stat().st_size > 0, name
     # Only the model without a checkpoint file was trained, into its own folder.
     assert (workdir / "results/small/train/best_model.pt").is_file()
     assert not (workdir / "results/given/train").exists()
-    for single in ("results/timestep_loss.csv", "results/interp.png", "results/train"):
+    for single in ("results/timestep_loss.csv", "results/interp.png", "results/train", "results/noise"):
         assert not (workdir / single).exists(), single
     logs = [path for path in (workdir / "logs").rglob("*.log")]
     assert {path.parent.name for path in logs} >= set(MODELS)
@@ -185,10 +185,13 @@ def test_dry_run_plans_one_job_per_model_and_rule(tmp_path):
     assert result.returncode == 0, output
     assert planned_jobs(output) == {
         "download_mnist": 1,
-        "noise_endpoints": 2,  # shared by the models: every grid starts from the same noise
+        "describe_model": 2,
+        # Per model, in its sample shape, from the same seeds: models of one shape get the same noise.
+        "noise_endpoints": 2 * 2,
         "train": 1,  # `given` has its checkpoint
         "timestep_loss": 2,
         "plot_timestep_loss": 2,
+        "plot_timestep_loss_snr": 2,
         "interpolation_samples": 2 * GRIDS_PER_MODEL,
         "interpolation_grid_ddpm": 2,
         "interpolation_grid_ddim": 2,

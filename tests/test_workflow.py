@@ -30,7 +30,8 @@ def test_loss_csv_has_one_row_per_bucket(tiny_run):
     with open(tiny_run / "results/timestep_loss.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == config["buckets"]
-    assert list(rows[0])[:6] == ["bucket", "t_start", "t_end", "mse", "count", "std_error"]  # the original's, first
+    # The original's columns, first and unchanged.
+    assert list(rows[0])[:6] == ["bucket", "t_start", "t_end", "mse", "count", "std_error"]
     timesteps = tiny_config()["diffusion"]["timesteps"]
     assert [int(r["t_start"]) for r in rows] == [i * timesteps // config["buckets"] for i in range(4)]
     assert int(rows[-1]["t_end"]) == timesteps - 1
@@ -70,8 +71,13 @@ def test_manifest_records_source_and_checksums(tiny_run):
 
     manifest = json.loads((tiny_run / "resources/mnist/manifest.json").read_text())
     assert manifest["source"] == "mnist-5k"
-    per_class = tiny_config()["data"]["heldout_per_class"]
-    assert manifest["splits"] == {"train": 5000 - 10 * per_class, "heldout": 10 * per_class}
+    data = tiny_config()["data"]
+    held_out, validation = 10 * data["heldout_per_class"], data["validation_size"]
+    assert manifest["splits"] == {
+        "train": 5000 - held_out - validation,
+        "validation": validation,
+        "heldout": held_out,
+    }
     assert all(len(entry["sha256"]) == 64 for entry in manifest["files"].values())
 
 
@@ -87,6 +93,7 @@ def test_dry_run_of_one_grid_plans_only_what_it_needs(tmp_path):
     assert planned_jobs(result.stdout + result.stderr) == {
         "download_mnist": 1,
         "train": 1,
+        "describe_model": 1,
         "noise_endpoints": 1,
         "interpolation_samples": 1,
         "interpolation_grid_ddim": 1,
@@ -118,7 +125,7 @@ def test_users_checkpoint_is_used_and_never_touched(tmp_path):
     assert all((tmp_path / name).exists() for name in OUTPUTS)
 
     # Data newer than the checkpoint: a make-like tool would want to rebuild the model.
-    for split in ("train.pt", "heldout.pt", "manifest.json"):
+    for split in ("train.pt", "validation.pt", "heldout.pt", "manifest.json"):
         os.utime(tmp_path / "resources/mnist" / split)
     again = run_snakemake(tmp_path, "--cores", "2", "--resources", "gpu=1", config=config)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -192,7 +199,8 @@ def test_bad_checkpoint_fails_the_rule_with_one_line(tmp_path, content, expected
         bad.write_bytes(content)
     config["checkpoint"] = str(bad)
     line = failing_rule_run(tmp_path, config, "results/timestep_loss.csv")
-    assert "timestep_loss" in line and str(bad) in line and expected in line
+    # The first rule to read a model is describe_model, which every model rule waits for.
+    assert "describe_model" in line and str(bad) in line and expected in line
     assert not (tmp_path / "results/timestep_loss.csv").exists()
 
 

@@ -1,8 +1,9 @@
-"""Diagnostics for a DDPM trained on MNIST: per-timestep loss and noise-space interpolation."""
+"""Diagnostics for a diffusion model of MNIST digits, ours or one made elsewhere: the loss across
+diffusion and the likelihood bound, noise-space interpolation, and sample quality as numbers."""
 
 from .analysis import per_timestep_loss, timestep_loss_statistics
 from .checkpoint import load_checkpoint, save_checkpoint
-from .diffusion import DiffusionProcess
+from .diffusion import DiffusionProcess, SamplingOptions
 from .errors import DiagnosticsError
 from .interpolation import (
     ddim_sample_from_xt,
@@ -19,6 +20,7 @@ from .unet import UNet
 __all__ = [
     "DiagnosticsError",
     "DiffusionProcess",
+    "SamplingOptions",
     "UNet",
     "ddim_sample_from_xt",
     "interpolate",

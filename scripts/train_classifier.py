@@ -16,7 +16,7 @@ def main(snakemake):
     model, summary = train_classifier(
         *train.tensors,
         *heldout.tensors,
-        epochs=settings["epochs"],
+        steps=settings["steps"],
         batch_size=settings["batch_size"],
         lr=settings["lr"],
         seed=settings["seed"],

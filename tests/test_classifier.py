@@ -13,8 +13,10 @@ from diffusion_diagnostics import DiagnosticsError, save_checkpoint
 from diffusion_diagnostics.classifier import (
     FORMAT,
     VERSION,
+    WARMUP_FRACTION,
     DigitClassifier,
     load_classifier,
+    one_cycle,
     random_shift,
     save_classifier,
     train_classifier,
@@ -43,7 +45,14 @@ def train_bars(seed: int = 0):
     train_images, train_labels = bars(200, seed=1)
     heldout_images, heldout_labels = bars(100, seed=2)
     return train_classifier(
-        train_images, train_labels, heldout_images, heldout_labels, epochs=2, batch_size=32, seed=seed
+        train_images,
+        train_labels,
+        heldout_images,
+        heldout_labels,
+        steps=12,
+        batch_size=32,
+        lr=1e-3,
+        seed=seed,
     )
 
 
@@ -58,12 +67,13 @@ def trained():
 def test_training_learns_the_easy_problem(trained):
     model, summary = trained
     assert summary["heldout_accuracy"] >= 0.9, summary
-    assert summary["train_size"] == 200 and summary["heldout_size"] == 100 and summary["epochs"] == 2
+    assert summary["train_size"] == 200 and summary["heldout_size"] == 100
+    assert summary["steps"] == 12 and summary["epochs"] == 2  # 6 whole batches of 32 per pass
     per_class = summary["per_class_accuracy"]
     assert len(per_class) == 10
     assert per_class[3] is not None and per_class[7] is not None
     assert all(per_class[digit] is None for digit in range(10) if digit not in (3, 7))
-    assert [entry["epoch"] for entry in summary["history"]] == [1, 2]
+    assert [(entry["step"], entry["epoch"]) for entry in summary["history"]] == [(6, 1), (12, 2)]
     assert not model.training
 
 
@@ -79,6 +89,14 @@ def test_training_is_deterministic_and_leaves_the_global_rng_alone(trained):
     assert not torch.equal(other.head[1].weight, again.head[1].weight)
 
 
+def test_the_budget_is_in_steps_whatever_the_passes():
+    images, labels = bars(40, seed=0)
+    _, summary = train_classifier(images, labels, images, labels, steps=7, batch_size=8)
+    # 5 whole batches per pass: an entry after the first pass, and one at the last step.
+    assert [(entry["step"], entry["epoch"]) for entry in summary["history"]] == [(5, 1), (7, 1.4)]
+    assert summary["steps"] == 7 and summary["epochs"] == 1.4
+
+
 def test_bad_training_inputs_are_one_line_errors():
     images, labels = bars(40, seed=0)
     for arguments, words in (
@@ -87,12 +105,14 @@ def test_bad_training_inputs_are_one_line_errors():
         (images[:, 0], "expected (N, 1, 28, 28)"),
     ):
         with pytest.raises(DiagnosticsError) as caught:
-            train_classifier(arguments, labels, images, labels, epochs=1, batch_size=8)
+            train_classifier(arguments, labels, images, labels, steps=1, batch_size=8)
         assert words in str(caught.value) and "\n" not in str(caught.value)
     with pytest.raises(DiagnosticsError, match="labels"):
-        train_classifier(images, labels[:-1], images, labels, epochs=1, batch_size=8)
+        train_classifier(images, labels[:-1], images, labels, steps=1, batch_size=8)
     with pytest.raises(DiagnosticsError, match="batch_size"):
-        train_classifier(images, labels, images, labels, epochs=1, batch_size=41)
+        train_classifier(images, labels, images, labels, steps=1, batch_size=41)
+    with pytest.raises(DiagnosticsError, match="steps must be at least 1"):
+        train_classifier(images, labels, images, labels, steps=0, batch_size=8)
 
 
 def test_random_shift_moves_each_image_by_at_most_two_pixels():
@@ -105,6 +125,17 @@ def test_random_shift_moves_each_image_by_at_most_two_pixels():
     assert (rows - 14).abs().max() <= 2 and (columns - 14).abs().max() <= 2
     assert len(set(zip(rows.tolist(), columns.tolist(), strict=True))) > 10  # shifts do vary
     assert torch.equal(random_shift(images, torch.Generator(), max_shift=0), images)
+
+
+def test_one_cycle_climbs_to_the_peak_then_decays_to_zero():
+    total = 100
+    factors = [one_cycle(step, total) for step in range(total)]
+    warmup = round(WARMUP_FRACTION * total)
+    assert factors[0] == 1 / warmup and factors[warmup - 1] == 1.0 == factors[warmup]
+    assert all(a < b for a, b in zip(factors[:warmup], factors[1:warmup], strict=False))
+    assert all(a > b for a, b in zip(factors[warmup:], factors[warmup + 1 :], strict=False))
+    assert 0 < factors[-1] < 0.001
+    assert one_cycle(0, 1) == 1.0  # a one-step run trains at the peak rate
 
 
 # --- the file ------------------------------------------------------------------------------------
@@ -159,9 +190,10 @@ def test_weights_of_another_network_and_another_version(tmp_path):
     path = tmp_path / "pruned.pt"
     torch.save({"format": FORMAT, "version": VERSION, "state_dict": weights, "summary": {}}, path)
     assert_refused(path, "do not fit", "head.1.bias")
-    future = tmp_path / "future.pt"
-    torch.save({"format": FORMAT, "version": VERSION + 1, "state_dict": {}, "summary": {}}, future)
-    assert_refused(future, f"version {VERSION + 1}")
+    for other in (VERSION - 1, VERSION + 1):  # the two-block network of version 1, and a newer one
+        path = tmp_path / f"version-{other}.pt"
+        torch.save({"format": FORMAT, "version": other, "state_dict": {}, "summary": {}}, path)
+        assert_refused(path, f"version {other} is not supported")
 
 
 class CreatesMarker:

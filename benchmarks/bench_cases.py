@@ -22,9 +22,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from diffusion_diagnostics import DiffusionProcess, UNet, per_timestep_loss
 from diffusion_diagnostics.analysis import timestep_loss_table
+from diffusion_diagnostics.decoding import interpolation_grid
 from diffusion_diagnostics.diffusion import SamplingOptions, trailing_timesteps
 from diffusion_diagnostics.graphs import can_capture
-from diffusion_diagnostics.interpolation import draw_endpoints, interpolate, interpolation_grid
+from diffusion_diagnostics.grids import draw_endpoints
+from diffusion_diagnostics.interpolation import interpolate
 from diffusion_diagnostics.models import load_model
 from diffusion_diagnostics.training import TrainConfig, train
 

@@ -5,7 +5,7 @@ import logging
 
 from diffusion_diagnostics.fidelity import ddim_step_sweep, inversion_reconstruction
 from diffusion_diagnostics.files import write_csv
-from diffusion_diagnostics.interpolation import load_endpoints
+from diffusion_diagnostics.grids import load_endpoints
 from diffusion_diagnostics.plots import plot_ddim_fidelity
 from diffusion_diagnostics.workflow import digits_for, load_sampling_model, run_rule
 

@@ -3,7 +3,8 @@
 import logging
 
 from diffusion_diagnostics.digits import to_digit_size
-from diffusion_diagnostics.interpolation import interpolate_real, save_grid, select_pairs
+from diffusion_diagnostics.grids import save_grid
+from diffusion_diagnostics.real_digits import interpolate_real, select_pairs
 from diffusion_diagnostics.workflow import digits_for, load_sampling_model, run_rule
 
 
@@ -23,7 +24,7 @@ def main(snakemake):
         snakemake.params.batch_size,
         options=options,
     )
-    save_grid(to_digit_size(grid, snakemake.params.image_fit), steps + 2, snakemake.output.grid)
+    save_grid(to_digit_size(grid, snakemake.params.image_fit), snakemake.output.grid)
 
 
 run_rule(main, snakemake)  # noqa: F821

@@ -2,7 +2,7 @@
 
 from diffusion_diagnostics.classifier import load_classifier
 from diffusion_diagnostics.files import write_csv
-from diffusion_diagnostics.interpolation import load_grid_images
+from diffusion_diagnostics.grids import load_grid_images
 from diffusion_diagnostics.plots import plot_interpolation_metrics
 from diffusion_diagnostics.quality import interpolation_row_metrics
 from diffusion_diagnostics.runtime import resolve_device

@@ -5,8 +5,9 @@ import logging
 
 import torch
 
+from diffusion_diagnostics.decoding import interpolation_grid
 from diffusion_diagnostics.digits import to_digit_size
-from diffusion_diagnostics.interpolation import interpolation_grid, load_endpoints, save_grid_images
+from diffusion_diagnostics.grids import load_endpoints, save_grid_images
 from diffusion_diagnostics.workflow import load_sampling_model, run_rule
 
 
@@ -14,7 +15,9 @@ def main(snakemake):
     settings, wildcards = snakemake.params.settings, snakemake.wildcards
     # DDIM's grids have their own clipping: clipping x0 makes fewer DDIM steps another map (ddim_fidelity).
     clip_x0 = settings["ddim"]["clip_x0"] if wildcards.sampler == "ddim" else settings["clip_x0"]
-    diffusion, options = load_sampling_model(snakemake, clip_x0=clip_x0, variance_type=settings["variance_type"])
+    diffusion, options = load_sampling_model(
+        snakemake, clip_x0=clip_x0, variance_type=settings["variance_type"]
+    )
     z0, z1 = load_endpoints(snakemake.input.endpoints)
     logging.info(
         "%s %s grid (%s per-step noise): %d rows x %d columns",
@@ -24,7 +27,7 @@ def main(snakemake):
         len(z0),
         settings["steps"],
     )
-    images = interpolation_grid(
+    grid = interpolation_grid(
         diffusion,
         z0,
         z1,
@@ -39,10 +42,7 @@ def main(snakemake):
         options=options,
     )
     # The PNG and the judge see digits: the model's images brought back to 28 x 28.
-    digits = to_digit_size(
-        images.reshape(len(z0), settings["steps"], *images.shape[1:]), snakemake.params.image_fit
-    )
-    save_grid_images(snakemake.output.images, digits)
+    save_grid_images(snakemake.output.images, to_digit_size(grid, snakemake.params.image_fit))
 
 
 run_rule(main, snakemake)  # noqa: F821

@@ -3,7 +3,7 @@ the model's sample shape."""
 
 import json
 
-from diffusion_diagnostics.interpolation import draw_endpoints, save_endpoints
+from diffusion_diagnostics.grids import draw_endpoints, save_endpoints
 from diffusion_diagnostics.workflow import run_rule
 
 

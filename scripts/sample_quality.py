@@ -8,7 +8,7 @@ from diffusion_diagnostics.classifier import load_classifier
 from diffusion_diagnostics.data import load_split
 from diffusion_diagnostics.digits import to_digit_size
 from diffusion_diagnostics.files import write_csv
-from diffusion_diagnostics.interpolation import save_grid
+from diffusion_diagnostics.grids import save_grid
 from diffusion_diagnostics.plots import plot_sample_quality
 from diffusion_diagnostics.quality import (
     check_neighbour_counts,
@@ -63,7 +63,7 @@ def main(snakemake):
         **{key: settings[key] for key in RECORDED_SETTINGS},
     )
     plot_sample_quality(rows, snakemake.output.png)
-    save_grid(samples[:PREVIEW], 10, snakemake.output.samples)
+    save_grid(samples[:PREVIEW].reshape(PREVIEW // 10, 10, *samples.shape[1:]), snakemake.output.samples)
 
 
 run_rule(main, snakemake)  # noqa: F821

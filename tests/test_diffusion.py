@@ -683,7 +683,9 @@ def test_sampling_options_override_the_models_variance_and_clipping():
     x_T = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 
     def ddpm(variance_type, clip, options=None):
-        diffusion = DiffusionProcess(tiny_unet(), 20, 1e-3, 0.2, variance_type=variance_type, clip_sample=clip)
+        diffusion = DiffusionProcess(
+            tiny_unet(), 20, 1e-3, 0.2, variance_type=variance_type, clip_sample=clip
+        )
         return diffusion.sample(x_T, generator=torch.Generator().manual_seed(1), options=options)
 
     large_unclipped = ddpm("fixed_large", False)

@@ -11,7 +11,8 @@ from torch import nn
 import diffusion_diagnostics.training as training
 from diffusion_diagnostics import DiagnosticsError, DiffusionProcess, interpolate_noise_and_generate
 from diffusion_diagnostics.checkpoint import load_checkpoint
-from diffusion_diagnostics.interpolation import interpolation_grid, save_grid
+from diffusion_diagnostics.decoding import interpolation_grid
+from diffusion_diagnostics.grids import save_grid
 from diffusion_diagnostics.training import TrainConfig, train
 
 
@@ -60,7 +61,7 @@ def test_a_broken_model_writes_no_grid(tmp_path):
 def test_healthy_model_samples_finite_images(tmp_path):
     images = interpolation_grid(process(-1), torch.randn(1, 1, 28, 28), torch.randn(1, 1, 28, 28), 3)
     assert torch.isfinite(images).all()
-    save_grid(images, 3, tmp_path / "ok.png")
+    save_grid(images, tmp_path / "ok.png")
     assert (tmp_path / "ok.png").exists()
 
 

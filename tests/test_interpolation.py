@@ -18,13 +18,8 @@ from diffusion_diagnostics import (
     save_grid,
 )
 from diffusion_diagnostics.diffusion import SamplingOptions
-from diffusion_diagnostics.interpolation import (
-    interpolate_real,
-    load_endpoints,
-    load_grid_images,
-    save_grid_images,
-    select_pairs,
-)
+from diffusion_diagnostics.grids import load_endpoints, load_grid_images, save_grid_images
+from diffusion_diagnostics.real_digits import interpolate_real, select_pairs
 
 from conftest import tiny_unet
 
@@ -133,7 +128,7 @@ def test_interpolation_grid_shapes_and_range(diffusion):
             generator=torch.Generator().manual_seed(0),
             progress=False,
         )
-        assert images.shape == (6, 1, 28, 28)
+        assert images.shape == (2, 3, 1, 28, 28)
         assert images.abs().max() <= 1.0  # clip_x0: the last step returns the clipped x̂_0
         assert images.std() > 0
 
@@ -156,11 +151,9 @@ def test_ddim_grid_is_independent_of_batch_size(diffusion):
     for batch_size in (2, 4):
         assert torch.equal(grids[batch_size], grids[6]), batch_size
     torch.testing.assert_close(grids[1], grids[6], rtol=0, atol=1e-5)
-    # Row-major: row i, column 0 is z0[i] decoded, the last column z1[i] decoded.
-    decoded_z0 = diffusion.sample_ddim(z0, 5)
-    decoded_z1 = diffusion.sample_ddim(z1, 5)
-    assert torch.equal(grids[6][0::3], decoded_z0)
-    assert torch.equal(grids[6][2::3], decoded_z1)
+    # Row i, column 0 is z0[i] decoded, the last column z1[i] decoded.
+    assert torch.equal(grids[6][:, 0], diffusion.sample_ddim(z0, 5))
+    assert torch.equal(grids[6][:, 2], diffusion.sample_ddim(z1, 5))
 
 
 def test_ddpm_grid_follows_its_generator(diffusion):
@@ -195,10 +188,10 @@ def test_interpolation_grid_rejects_bad_input(diffusion, kwargs, match):
 def test_save_grid_pixel_layout(tmp_path, n, steps):
     # Tile k is a constant image of value v_k, so every tile can be found in the PNG.
     values = torch.linspace(-1, 1, n * steps)
-    images = values.reshape(-1, 1, 1, 1).expand(-1, 1, 28, 28).clone()
+    grid = values.reshape(n, steps, 1, 1, 1).expand(-1, -1, 1, 28, 28).clone()
     path = tmp_path / "sub" / "grid.png"
 
-    returned = save_grid(images, steps, path)
+    returned = save_grid(grid, path)
 
     assert returned == str(path)
     assert png_size(path) == (steps * (28 + PAD) + PAD, n * (28 + PAD) + PAD)
@@ -214,9 +207,11 @@ def test_save_grid_pixel_layout(tmp_path, n, steps):
 
 
 def test_save_grid_clamps_out_of_range_values(tmp_path):
-    images = torch.full((2, 1, 28, 28), 5.0)
-    images[1] = -5.0
-    save_grid(images, 2, tmp_path / "g.png")
+    grid = torch.full((1, 2, 1, 28, 28), 5.0)
+    grid[0, 1] = -5.0
+    save_grid(grid, tmp_path / "g.png")
+    with pytest.raises(DiagnosticsError, match=r"a grid has shape \(rows, columns, C, H, W\)"):
+        save_grid(grid[0], tmp_path / "flat.png")
     with Image.open(tmp_path / "g.png") as image:
         gray = image.convert("L")
         assert gray.getpixel((PAD + 5, PAD + 5)) == 255
@@ -363,7 +358,7 @@ def test_shared_noise_grid_rows_differ_only_through_their_start(diffusion):
             progress=False,
             generator=torch.Generator().manual_seed(1),
             shared_noise=shared,
-        ).reshape(2, 3, 1, 28, 28)
+        )
 
     # A batch of 4 is rounded down to whole rows (3), so rows never straddle two batches.
     shared = grid(True, 4)
@@ -408,7 +403,8 @@ def test_interpolate_real_rows_start_and_end_with_the_real_digits():
         progress=False,
         options=SamplingOptions(clip_x0=True),
     )
-    rows = images.reshape(2, 6, 1, 28, 28)
+    rows = images
+    assert rows.shape == (2, 6, 1, 28, 28)
     assert torch.equal(rows[:, 0], x_a) and torch.equal(rows[:, -1], x_b)
     assert torch.isfinite(rows).all()
     # The decoded path: the DDIM grid from the inverted noise, so its ends are the reconstructions.

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from diffusion_diagnostics import save_checkpoint
-from diffusion_diagnostics.interpolation import load_endpoints
+from diffusion_diagnostics.grids import load_endpoints
 
 from conftest import (
     REPO,

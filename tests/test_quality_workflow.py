@@ -9,7 +9,7 @@ import shutil
 import torch
 from PIL import Image
 
-from diffusion_diagnostics.interpolation import load_grid_images
+from diffusion_diagnostics.grids import load_grid_images
 
 from conftest import planned_jobs, run_snakemake, tiny_config
 

@@ -3,18 +3,18 @@ diffusion and the likelihood bound, noise-space interpolation, and sample qualit
 
 from .analysis import per_timestep_loss, timestep_loss_statistics
 from .checkpoint import load_checkpoint, save_checkpoint
+from .decoding import interpolation_grid
 from .diffusion import DiffusionProcess, SamplingOptions
 from .errors import DiagnosticsError
-from .interpolation import (
+from .grids import save_grid
+from .interpolation import interpolate
+from .models import load_model
+from .original import (
     ddim_sample_from_xt,
-    interpolate,
     interpolate_noise_and_generate,
     interpolate_noise_and_generate_ddim,
-    interpolation_grid,
     sample_from_xt,
-    save_grid,
 )
-from .models import load_model
 from .unet import UNet
 
 __all__ = [

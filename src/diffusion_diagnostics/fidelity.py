@@ -8,9 +8,9 @@ import time
 
 import torch
 
+from .decoding import interpolation_grid, sample_in_batches
 from .diffusion import DiffusionProcess, SamplingOptions
 from .errors import DiagnosticsError
-from .interpolation import interpolation_grid, sample_in_batches
 from .runtime import model_device
 
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .decoding import sample_in_batches
 from .diffusion import DiffusionProcess, SamplingOptions
 from .errors import DiagnosticsError
 from .files import atomic_output
-from .interpolation import sample_in_batches
 from .runtime import model_device
 
 CONFIDENCE = 0.9

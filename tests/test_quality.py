@@ -11,12 +11,19 @@ import math
 import prdc
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from diffusion_diagnostics import DiagnosticsError, quality
 from diffusion_diagnostics.classifier import DigitClassifier
 from diffusion_diagnostics.files import write_csv
-from diffusion_diagnostics.plots import plot_ddim_fidelity, plot_interpolation_metrics, plot_sample_quality
+from diffusion_diagnostics.plots import (
+    ddim_fidelity_figure,
+    interpolation_metrics_figure,
+    plot_sample_quality,
+    sample_quality_figure,
+    timestep_loss_figure,
+)
 from diffusion_diagnostics.quality import (
     NEIGHBOUR_METRICS,
     QUALITY_COLUMNS,
@@ -428,38 +435,82 @@ def test_quality_csv_and_json(classifier, tmp_path):
     assert document == {"checkpoint": "model.pt", "seed": 0, "rows": rows}
 
 
-# --- figures -------------------------------------------------------------------------------------
+# --- figures: what they draw, read back from matplotlib ---------------------------------------------
 
 
-def assert_png(path):
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def bar_heights(axes) -> list[float]:
+    return [patch.get_height() for patch in axes.patches]
 
 
-def test_sample_quality_figure_from_rows_and_from_the_csv(classifier, tmp_path):
+def test_sample_quality_figure_draws_the_table_from_rows_and_from_the_csv(classifier, tmp_path):
     rows = sample_quality_rows(classifier, images(10, 1), images(12, 2), images(9, 3))
-    plot_sample_quality(rows, tmp_path / "quality.png")
-    assert_png(tmp_path / "quality.png")
     write_csv(rows, tmp_path / "quality.csv")
     with open(tmp_path / "quality.csv", newline="") as handle:
-        plot_sample_quality(list(csv.DictReader(handle)), tmp_path / "from_csv.png")
-    assert_png(tmp_path / "from_csv.png")
+        from_csv = list(csv.DictReader(handle))
+    scored = [row for row in rows if row["frechet_distance"] is not None]
+    for table in (rows, from_csv):
+        distances, neighbours, classes = sample_quality_figure(table).axes
+        assert bar_heights(distances) == pytest.approx([row["frechet_distance"] for row in scored])
+        assert [label.get_text() for label in distances.get_xticklabels()] == [row["set"] for row in scored]
+        # One bar per (set, metric), set by set.
+        expected = [row[metric] for row in scored for metric in NEIGHBOUR_METRICS]
+        assert bar_heights(neighbours) == pytest.approx(expected)
+        # The samples' and the held-out digits' class shares, each summing to one.
+        shares = bar_heights(classes)
+        assert (
+            len(shares) == 20
+            and sum(shares[:10]) == pytest.approx(1)
+            and sum(shares[10:]) == pytest.approx(1)
+        )
+        assert shares[:10] == pytest.approx([rows[0][f"class_{d}"] / rows[0]["n"] for d in range(10)])
+    plot_sample_quality(rows, tmp_path / "quality.png")
+    assert Image.open(tmp_path / "quality.png").size[0] > 1000
 
 
-def test_interpolation_metrics_figure(tmp_path):
+def test_interpolation_metrics_figure_draws_each_variants_mean_and_rows(tmp_path):
     grid = torch.linspace(-1, 1, 5)[None, :, None, None, None].expand(2, 5, 1, 28, 28)
+    # The second variant's paths take half the steps of the first's.
+    scales = {"ddpm lerp independent": 1.0, "ddim slerp": 0.5}
     rows = [
         {"variant": variant, **row}
-        for variant in ("ddpm lerp independent", "ddim slerp")
-        for row in interpolation_row_metrics(grid, BrightnessJudge())
+        for variant, scale in scales.items()
+        for row in interpolation_row_metrics(grid * scale, BrightnessJudge())
     ]
-    plot_interpolation_metrics(rows, tmp_path / "interp_metrics.png")
-    assert_png(tmp_path / "interp_metrics.png")
+    mean_step = interpolation_metrics_figure(rows).axes[0]
+    assert mean_step.get_title() == "mean step (pixel RMSE)"
+    by_variant = [[r["mean_step"] for r in rows if r["variant"] == variant] for variant in scales]
+    assert bar_heights(mean_step) == pytest.approx([sum(v) / len(v) for v in by_variant])
+    for line, values in zip(mean_step.get_lines(), by_variant, strict=True):
+        assert line.get_ydata().tolist() == pytest.approx(values)
+    assert bar_heights(mean_step)[1] == pytest.approx(bar_heights(mean_step)[0] / 2)
 
 
-def test_ddim_fidelity_figure(tmp_path):
+def test_ddim_fidelity_figure_draws_both_clippings_against_their_reference():
     rows = [
-        {"num_steps": s, "rmse_to_reference": 1 / s, "max_error_to_reference": 3 / s, "seconds": s / 100}
+        {"num_steps": s, "clip_x0": clip, "rmse_to_reference": (2 if clip else 1) / s if s < 1000 else 0.0,
+         "seconds": s / 100}
+        for clip in (False, True)
         for s in (1000, 10, 50, 250)
+    ]  # fmt: skip
+    figure = ddim_fidelity_figure(rows)
+    errors = figure.axes[0]
+    drawn = {line.get_label(): line.get_xydata().tolist() for line in errors.get_lines()}
+    assert drawn == {
+        "RMSE, not clipped": [[10, 0.1], [50, 0.02], [250, 0.004]],
+        "RMSE, x0 clipped": [[10, 0.2], [50, 0.04], [250, 0.008]],
+    }
+    assert errors.get_yscale() == "log" and errors.get_title() == "DDIM: fewer steps vs the S = 1000 grid"
+    seconds = {line.get_label(): line.get_ydata().tolist() for line in figure.axes[1].get_lines()}
+    assert seconds["wall time, not clipped"] == [0.1, 0.5, 2.5, 10.0]
+
+
+def test_timestep_loss_figure_is_the_originals_bar_chart():
+    rows = [
+        {"bucket": b, "t_start": 100 * b, "t_end": 100 * b + 99, "mse": 0.1 / (b + 1), "std_error": 0.01}
+        for b in range(10)
     ]
-    plot_ddim_fidelity(rows, tmp_path / "ddim_fidelity.png")
-    assert_png(tmp_path / "ddim_fidelity.png")
+    axes = timestep_loss_figure(rows).axes[0]
+    assert axes.get_title() == "Noise-prediction error vs timestep"
+    assert axes.get_ylabel() == "MSE (ε-prediction error)" and axes.get_xlabel() == "timestep t"
+    assert [label.get_text() for label in axes.get_xticklabels()][:2] == ["0-99", "100-199"]
+    assert bar_heights(axes) == pytest.approx([0.1 / (b + 1) for b in range(10)])

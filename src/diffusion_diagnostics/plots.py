@@ -1,6 +1,7 @@
 """matplotlib figures: per-timestep loss bars, the errors and bound against log-SNR and their comparison
 across models, the training loss curve, and the classifier-judged sample quality, interpolation
-smoothness and DDIM fidelity."""
+smoothness and DDIM fidelity. Each ``*_figure`` builds its figure (which tests read back); each
+``plot_*`` saves one as the rule's PNG."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from .files import atomic_output  # noqa: E402
 from .quality import NEIGHBOUR_METRICS  # noqa: E402
 
 
-def plot_timestep_loss(rows: list[dict], path: str | os.PathLike) -> None:
+def timestep_loss_figure(rows: list[dict]) -> Figure:
     """Bar chart of ε-MSE per bucket with ±1 standard error; rows as in the loss CSV."""
     labels = [f"{int(r['t_start'])}-{int(r['t_end'])}" for r in rows]
     means = [float(r["mse"]) for r in rows]
@@ -32,7 +34,7 @@ def plot_timestep_loss(rows: list[dict], path: str | os.PathLike) -> None:
     axes.set_xlabel("timestep t")
     axes.set_ylabel("MSE (ε-prediction error)")
     axes.grid(axis="y", alpha=0.3)
-    _save(figure, path)
+    return figure
 
 
 ERRORS = (("mse", "std_error", "ε"), ("x0_mse", "x0_std_error", "x̂₀"), ("v_mse", "v_std_error", "v"))
@@ -62,7 +64,7 @@ def _log_snr_axes(axes, ylabel: str) -> None:
     axes.grid(alpha=0.3, which="both")
 
 
-def plot_timestep_loss_snr(rows: list[dict], bound: dict, path: str | os.PathLike) -> None:
+def timestep_loss_snr_figure(rows: list[dict], bound: dict) -> Figure:
     """The ε-, x̂₀- and v-MSE per bucket (the model's objective drawn bold), and the bucket's mean
     bound term L_t, each against log-SNR on log axes, ±1 standard error; rows as in the loss CSV,
     ``bound`` as in nll.json. Horizontal bars: the bucket's span of λ."""
@@ -105,7 +107,7 @@ def plot_timestep_loss_snr(rows: list[dict], bound: dict, path: str | os.PathLik
     )
     terms.legend()
     figure.suptitle(_images_measured(bound))
-    _save(figure, path)
+    return figure
 
 
 def _images_measured(bound: dict) -> str:
@@ -115,9 +117,7 @@ def _images_measured(bound: dict) -> str:
     return f"{bound['num_images']:,} images{where}{source}, T = {bound['timesteps']}"
 
 
-def plot_timestep_loss_comparison(
-    rows: list[dict], path: str | os.PathLike, bounds: dict[str, dict] | None = None
-) -> None:
+def timestep_loss_comparison_figure(rows: list[dict], bounds: dict[str, dict] | None = None) -> Figure:
     """Every model's ε-MSE and mean bound term per bucket against log-SNR, on log axes with a ±1
     standard-error band, so that models with different schedules or T line up.
 
@@ -151,10 +151,10 @@ def plot_timestep_loss_comparison(
     _log_snr_axes(terms, "bits per dimension per timestep")
     terms.set_title("Mean bound term L_t of each bucket vs log-SNR")
     terms.legend(title="model (total bound)", fontsize=8)
-    _save(figure, path)
+    return figure
 
 
-def plot_training_history(rows: list[dict], path: str | os.PathLike) -> None:
+def training_history_figure(rows: list[dict]) -> Figure:
     """Training ε-MSE per step (raw and a running mean) and the EMA model's validation ε-MSE."""
     steps = [int(r["step"]) for r in rows]
     train = [float(r["train_loss"]) for r in rows]
@@ -175,7 +175,7 @@ def plot_training_history(rows: list[dict], path: str | os.PathLike) -> None:
     axes.set_ylabel("MSE (ε-prediction error)")
     axes.grid(alpha=0.3)
     axes.legend()
-    _save(figure, path)
+    return figure
 
 
 def _number(value) -> float | None:
@@ -183,7 +183,7 @@ def _number(value) -> float | None:
     return None if value in ("", None) else float(value)
 
 
-def plot_sample_quality(rows: list[dict], path: str | os.PathLike) -> None:
+def sample_quality_figure(rows: list[dict]) -> Figure:
     """Fréchet distance per image set (log scale), its precision, recall, density and coverage,
     and the predicted-class shares of the samples beside the held-out digits'; rows as
     :func:`quality.sample_quality_rows` returns them (or read back from its CSV)."""
@@ -193,7 +193,7 @@ def plot_sample_quality(rows: list[dict], path: str | os.PathLike) -> None:
     _draw_neighbour_metrics(neighbours, scored)
     _draw_class_shares(classes, rows)
     figure.suptitle("Sample quality judged by the digit classifier")
-    _save(figure, path)
+    return figure
 
 
 def _draw_frechet_distances(axes, scored: list[dict]) -> None:
@@ -263,7 +263,7 @@ INTERPOLATION_METRICS = (
 )
 
 
-def plot_interpolation_metrics(rows: list[dict], path: str | os.PathLike) -> None:
+def interpolation_metrics_figure(rows: list[dict]) -> Figure:
     """One panel per path metric: a bar per variant (the mean over its rows), each row a dot.
 
     ``rows`` as :func:`quality.interpolation_row_metrics` returns them, plus a ``variant`` name;
@@ -290,10 +290,10 @@ def plot_interpolation_metrics(rows: list[dict], path: str | os.PathLike) -> Non
         axes.set_title(label, fontsize=10)
         axes.grid(axis="y", alpha=0.3)
     figure.suptitle("Interpolation paths judged by the digit classifier (bar: mean over rows; dots: rows)")
-    _save(figure, path)
+    return figure
 
 
-def plot_ddim_fidelity(rows: list[dict], path: str | os.PathLike) -> None:
+def ddim_fidelity_figure(rows: list[dict]) -> Figure:
     """Error of DDIM with S steps against the grid with the most steps decoded the same way, for
     x̂_0 clipped and not, and the wall time, per S; rows as fidelity.ddim_step_sweep gives them."""
     figure, error_axes = plt.subplots(figsize=(7.0, 4.0), layout="constrained")
@@ -334,7 +334,7 @@ def plot_ddim_fidelity(rows: list[dict], path: str | os.PathLike) -> None:
     time_axes.set_ylabel("wall time (s)")
     error_axes.legend(lines, [line.get_label() for line in lines], loc="best", fontsize="small")
     error_axes.set_title(f"DDIM: fewer steps vs the S = {reference} grid")
-    _save(figure, path)
+    return figure
 
 
 def _truth(value) -> bool:
@@ -342,7 +342,40 @@ def _truth(value) -> bool:
     return value is True or str(value) == "True"
 
 
-def _save(figure, path: str | os.PathLike) -> None:
+# --- the files: each figure saved as the rule's PNG ----------------------------------------------
+
+
+def plot_timestep_loss(rows: list[dict], path: str | os.PathLike) -> None:
+    _save(timestep_loss_figure(rows), path)
+
+
+def plot_timestep_loss_snr(rows: list[dict], bound: dict, path: str | os.PathLike) -> None:
+    _save(timestep_loss_snr_figure(rows, bound), path)
+
+
+def plot_timestep_loss_comparison(
+    rows: list[dict], path: str | os.PathLike, bounds: dict[str, dict] | None = None
+) -> None:
+    _save(timestep_loss_comparison_figure(rows, bounds), path)
+
+
+def plot_training_history(rows: list[dict], path: str | os.PathLike) -> None:
+    _save(training_history_figure(rows), path)
+
+
+def plot_sample_quality(rows: list[dict], path: str | os.PathLike) -> None:
+    _save(sample_quality_figure(rows), path)
+
+
+def plot_interpolation_metrics(rows: list[dict], path: str | os.PathLike) -> None:
+    _save(interpolation_metrics_figure(rows), path)
+
+
+def plot_ddim_fidelity(rows: list[dict], path: str | os.PathLike) -> None:
+    _save(ddim_fidelity_figure(rows), path)
+
+
+def _save(figure: Figure, path: str | os.PathLike) -> None:
     with atomic_output(path) as temporary:
         # A fixed Software tag and no dates keep the PNG byte-identical across runs.
         figure.savefig(temporary, dpi=120, metadata={"Software": None})

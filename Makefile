@@ -1,6 +1,8 @@
 # Each of these does all the set-up it needs on a fresh machine:
 #   make run    create .venv if missing, install the package, run the whole workflow
-#   make test   the same with the test extras, then the test suite (what CI runs)
+#   make test   the same with the test extras, then the whole test suite (what CI runs, after lint)
+#   make unit   the fast unit suite (no snakemake runs, no cluster): for every change
+#   make lint   snakemake --lint, snakefmt, ruff check and ruff format --check
 #   make report the HTML report of a finished run: results/report.html
 #   make bench  the speed benchmark of BENCHMARKS.md (installs the bench extra: diffusers)
 # Inside an activated environment the plain snakemake commands of the README work as well.
@@ -10,7 +12,7 @@ VENV ?= .venv
 CORES ?= all
 BIN := $(VENV)/bin
 
-.PHONY: run report test lint bench clean
+.PHONY: run report test unit lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,10 +40,14 @@ report: $(VENV)/.installed-run
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
 
+unit: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not workflow and not slurm"
+
 lint: $(VENV)/.installed-test
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check .
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/benchmark.py

@@ -308,6 +308,7 @@ def test_entry_point_schedule_left_out_takes_the_defaults_without_diffusers(tmp_
 
 # --- the Hub ------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def stand_in_hub(diffusers, tmp_path, monkeypatch):
     pytest.importorskip("huggingface_hub")

@@ -6,12 +6,15 @@ import csv
 import json
 import shutil
 
+import pytest
 import torch
 from PIL import Image
 
 from diffusion_diagnostics.grids import load_grid_images
 
 from conftest import planned_jobs, run_snakemake, tiny_config
+
+pytestmark = pytest.mark.workflow
 
 TILE = 28 + 2  # torchvision's make_grid pads each tile by 2 pixels
 

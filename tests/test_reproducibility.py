@@ -8,9 +8,12 @@ import signal
 import subprocess
 import time
 
+import pytest
 import yaml
 
 from conftest import OUTPUTS, REPO, SNAKEMAKE, run_snakemake, tiny_config
+
+pytestmark = pytest.mark.workflow
 
 # Wall times differ run to run: these files are compared without their `seconds` column.
 TIMED = ["results/quality/ddim_fidelity.csv", "results/quality/ddim_inversion.csv"]

@@ -15,6 +15,8 @@ from diffusion_diagnostics.unet import UNet
 
 from conftest import GPU_RULES, OUTPUTS, planned_jobs, run_snakemake, tiny_config
 
+pytestmark = pytest.mark.workflow
+
 
 def test_full_run_produces_every_output(tiny_run):
     for name in OUTPUTS + ["results/train/best_model.pt", "results/train/loss_curve.png"]:

@@ -1,4 +1,5 @@
-"""Choosing the device and the number of CPU threads."""
+"""The machine side of a run: the device, the precision's dtype, glibc's freed memory, where a module
+lives, and progress bars that suit a log file."""
 
 from __future__ import annotations
 
@@ -52,11 +53,11 @@ def keep_freed_memory() -> bool:
     """Let glibc keep freed memory for reuse instead of giving it back to the OS at once.
 
     PyTorch frees each activation right after use. By default glibc unmaps large freed blocks
-    and trims the heap, so the next forward pass faults in fresh zeroed pages: about 20,000 page
-    faults per forward of the default network at batch 72, 10-20 % of its time on a CPU
-    (BENCHMARKS.md). Raising glibc's mmap and trim thresholds makes the blocks reusable; peak
-    memory is unchanged, it is only returned at exit instead. Process-wide, so it is for entry
-    points (the workflow's scripts, the benchmark), not for library calls. Returns whether it took
+    and trims the heap, so the next forward pass faults in fresh zeroed pages, tens of thousands
+    per forward of the default network (the cost is measured in BENCHMARKS.md). Raising glibc's
+    mmap and trim thresholds makes the blocks reusable; peak memory is unchanged, it is only
+    returned at exit instead. Process-wide, so it is for entry points (the workflow's scripts, the
+    benchmark), not for library calls. Returns whether it took
     effect; a no-op where the C library is not glibc.
     """
     if not sys.platform.startswith("linux"):

@@ -50,7 +50,7 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
     # bfloat16: forward and backward passes under autocast (weights, optimizer and EMA stay
-    # float32); about twice the steps per second on CPUs with bf16 matrix units.
+    # float32); faster on hardware with bf16 matrix units (GPUs, CPUs with AMX).
     precision: str = "float32"
 
 

@@ -1,4 +1,4 @@
-"""A small ε-prediction UNet for 28 × 28 images: sinusoidal time embedding, residual blocks.
+"""This package's own denoising UNet (28 × 28 by default): sinusoidal time embedding, residual blocks.
 
 The network runs in channels-last memory format (weights and activations): oneDNN's
 convolutions are fastest there (see BENCHMARKS.md). Only the layout in memory changes: the
@@ -27,9 +27,9 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm with its statistics computed in float32, handed back in the input's dtype.
 
     A no-op for float32 input. Under bf16 autocast (``precision: bfloat16``) the activations
-    arrive in bf16, and PyTorch's bf16 GroupNorm on channels-last CPU tensors is 3.5 x slower than
-    converting to float32 and normalising there (6.4 vs 1.8 ms at 72 x 64 x 28 x 28,
-    BENCHMARKS.md). Same parameters, same state_dict as nn.GroupNorm.
+    arrive in bf16, and PyTorch's bf16 GroupNorm on channels-last CPU tensors is slower than
+    converting to float32 and normalising there (measured in BENCHMARKS.md). Same parameters, same
+    state_dict as nn.GroupNorm.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

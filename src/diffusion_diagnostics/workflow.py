@@ -1,5 +1,5 @@
-"""What every script under scripts/ does around its rule's work: log, threads, error line, and the
-rule's model with its sampling options and digits."""
+"""What every rule's script does around its work: log, threads, one error line; and the rule's
+model with its sampling options and the digits in its size."""
 
 from __future__ import annotations
 

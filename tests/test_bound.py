@@ -413,7 +413,7 @@ def test_csv_json_and_log_snr_figure(tmp_path):
         write_bound_json,
         write_timestep_loss_csv,
     )
-    from diffusion_diagnostics.plots import plot_timestep_loss_snr
+    from diffusion_diagnostics.plots import plot_timestep_loss_snr, timestep_loss_snr_figure
 
     diffusion = make_diffusion(SmallNet())
     table = timestep_loss_table(diffusion, list(random_8bit_images(80, seed=2).split(40)), buckets=5)
@@ -436,4 +436,15 @@ def test_csv_json_and_log_snr_figure(tmp_path):
         plot_timestep_loss_snr(rows, bound, tmp_path / name)
     assert (tmp_path / "one.png").read_bytes() == (tmp_path / "two.png").read_bytes()
     with Image.open(tmp_path / "one.png") as image:
-        assert image.format == "PNG" and image.size[0] > 600
+        assert image.size[0] > 600
+    # What the figure draws: each error and the bound's terms at the buckets' log-SNR midpoints.
+    errors, terms = timestep_loss_snr_figure(rows, bound).axes
+    centres = [(float(r["log_snr_start"]) + float(r["log_snr_end"])) / 2 for r in rows]
+    drawn = [container.lines[0].get_xydata() for container in errors.containers]  # errorbar data lines
+    expected = [[float(r[key]) for r in rows] for key in ("mse", "x0_mse", "v_mse")]
+    assert [data[:, 0].tolist() for data in drawn] == [pytest.approx(centres)] * 3
+    assert [data[:, 1].tolist() for data in drawn] == [pytest.approx(values) for values in expected]
+    vb = [container.lines[0].get_ydata().tolist() for container in terms.containers]
+    assert vb == [pytest.approx([float(r["vb_bpd"]) for r in rows])]
+    assert errors.get_yscale() == terms.get_yscale() == "log"
+    assert f"{bound['total_bpd']:.3f}" in terms.get_title()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pickle
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from torch import nn
 
 from diffusion_diagnostics import DiagnosticsError, DiffusionProcess, UNet, load_checkpoint, save_checkpoint
 from diffusion_diagnostics.checkpoint import FORMAT, VERSION
-from diffusion_diagnostics.runtime import autocast_dtype, keep_freed_memory, resolve_device
+from diffusion_diagnostics.runtime import autocast_dtype, resolve_device
 
 DIFFUSION_CONFIG = {"timesteps": 20, "beta_start": 1e-3, "beta_end": 0.2, "clip_sample": False}
 TRAINING = {"best_step": 6, "best_val_loss": 0.25, "run_id": "0123abcd", "config": {"lr": 1e-3, "steps": 6}}
@@ -259,8 +261,41 @@ def test_unknown_device_names(spec):
         resolve_device(spec)
 
 
-def test_keep_freed_memory_says_whether_it_took_effect():
-    assert isinstance(keep_freed_memory(), bool)
+FREED_MEMORY_PROBE = """
+import ctypes, sys
+from diffusion_diagnostics.runtime import keep_freed_memory
+
+FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS.split()]
+
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+took = keep_freed_memory() if sys.argv[1] == "keep" else False
+block = libc.malloc(64 << 20)
+mapped = libc.mallinfo2().hblkhd  # bytes in blocks of their own mmap, which free() unmaps
+libc.free(ctypes.c_void_p(block))
+print(took, mapped >= 64 << 20, libc.mallinfo2().fordblks >= 64 << 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc: Linux only")
+def test_keep_freed_memory_keeps_large_freed_blocks_for_reuse():
+    """A 64 MiB block: by default glibc gives it its own mapping and unmaps it when freed; after
+    keep_freed_memory it comes from the heap and stays there, free for the next allocation."""
+    probe = FREED_MEMORY_PROBE
+    answers = {
+        mode: subprocess.run(
+            [sys.executable, "-c", probe, mode], capture_output=True, text=True, check=True
+        ).stdout.split()
+        for mode in ("default", "keep")
+    }
+    assert answers["default"] == ["False", "True", "False"]
+    assert answers["keep"] == ["True", "False", "True"]
 
 
 def test_precision_names():

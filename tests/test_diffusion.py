@@ -24,7 +24,6 @@ from torch import nn
 
 from diffusion_diagnostics import DiagnosticsError, DiffusionProcess
 from diffusion_diagnostics.diffusion import SamplingOptions, ddim_timesteps, trailing_timesteps
-from diffusion_diagnostics.runtime import model_device
 
 from conftest import tiny_unet
 
@@ -416,13 +415,6 @@ def test_trailing_timesteps_rejects_bad_step_counts(num_steps):
 
 
 # --- samplers on Gaussian data -------------------------------------------------------------------
-
-
-def test_gaussian_model_is_detected_on_its_device():
-    diffusion = gaussian_diffusion(20, 1e-3, 0.2)
-    assert next(diffusion.model.parameters(), None) is not None
-    assert model_device(diffusion.model) == torch.device("cpu")
-    assert model_device(diffusion) == diffusion.device
 
 
 SAMPLERS = [

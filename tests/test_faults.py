@@ -17,21 +17,22 @@ from diffusion_diagnostics.training import TrainConfig, train
 
 
 class BreaksAt(nn.Module):
-    """Predicts zero noise, except NaN (or Inf) from timestep ``bad_from`` downwards."""
+    """Predicts ε̂ = scale · x_t (zero by default), except NaN (or Inf) from timestep ``bad_from``
+    downwards."""
 
-    def __init__(self, bad_from: int, value: float = float("nan")):
+    def __init__(self, bad_from: int, value: float = float("nan"), scale: float = 0.0):
         super().__init__()
         self.anchor = nn.Parameter(torch.zeros(()))
-        self.bad_from, self.value = bad_from, value
+        self.bad_from, self.value, self.scale = bad_from, value, scale
 
     def forward(self, x, t):
-        eps = torch.zeros_like(x) + self.anchor
+        eps = self.scale * x + self.anchor
         broken = (t <= self.bad_from).reshape(-1, 1, 1, 1)
         return torch.where(broken, torch.full_like(x, self.value), eps)
 
 
-def process(bad_from: int, value: float = float("nan")) -> DiffusionProcess:
-    return DiffusionProcess(BreaksAt(bad_from, value), timesteps=20, sample_shape=(1, 28, 28))
+def process(bad_from: int, value: float = float("nan"), scale: float = 0.0) -> DiffusionProcess:
+    return DiffusionProcess(BreaksAt(bad_from, value, scale), timesteps=20, sample_shape=(1, 28, 28))
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
@@ -58,9 +59,14 @@ def test_a_broken_model_writes_no_grid(tmp_path):
     assert not path.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_healthy_model_samples_finite_images(tmp_path):
-    images = interpolation_grid(process(-1), torch.randn(1, 1, 28, 28), torch.randn(1, 1, 28, 28), 3)
-    assert torch.isfinite(images).all()
+def test_a_healthy_model_with_large_outputs_is_not_taken_for_a_broken_one(tmp_path):
+    """The watch flags NaN and Inf only: a network whose outputs are as large as 1e30 but finite
+    samples (DDPM with x̂_0 clipped) and saves its grid."""
+    diffusion = process(-1, scale=1e30)
+    images = interpolation_grid(
+        diffusion, torch.randn(1, 1, 28, 28), torch.randn(1, 1, 28, 28), 3, progress=False
+    )
+    assert torch.isfinite(images).all() and images.abs().max() == 1  # x̂_0 clipped to the data range
     save_grid(images, tmp_path / "ok.png")
     assert (tmp_path / "ok.png").exists()
 

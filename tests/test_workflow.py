@@ -171,12 +171,18 @@ def failing_rule_run(tmp_path, config, target):
     return errors[0]
 
 
-def test_full_mnist_without_network_or_files_says_what_to_do(tmp_path):
+def test_full_mnist_without_network_or_files_says_what_to_do(tmp_path, monkeypatch):
     config = tiny_config()
-    # A closed port on loopback stands in for "no network"; nothing leaves this machine.
+    # A closed port on loopback stands in for "no network"; nothing leaves this machine. pip sees
+    # no index: an empty folder of links, and no pip.conf that would name one.
     config["data"] = {**config["data"], "source": "mnist", "mirrors": ["http://127.0.0.1:9/"]}
+    (tmp_path / "no-index").mkdir()
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "no-index"))
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
     line = failing_rule_run(tmp_path, config, "resources/mnist/manifest.json")
     assert "download_mnist" in line and "MNIST/raw" in line and "mnist-5k" in line
+    assert "package index" in line
     assert not list((tmp_path / "resources/mnist").glob("*.pt"))
 
 

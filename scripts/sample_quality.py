@@ -18,7 +18,7 @@ from diffusion_diagnostics.quality import (
 )
 from diffusion_diagnostics.workflow import load_sampling_model, run_rule
 
-PREVIEW = 100  # samples shown in samples.png, 10 per row
+PREVIEW_COLUMNS = 10  # samples.png: up to 10 rows of 10 samples
 # The quality settings written beside the table in sample_quality.json.
 RECORDED_SETTINGS = ("num_samples", "ddim_steps", "clip_x0", "seed", "confidence", "nearest_k")
 
@@ -63,7 +63,9 @@ def main(snakemake):
         **{key: settings[key] for key in RECORDED_SETTINGS},
     )
     plot_sample_quality(rows, snakemake.output.png)
-    save_grid(samples[:PREVIEW].reshape(PREVIEW // 10, 10, *samples.shape[1:]), snakemake.output.samples)
+    columns = min(PREVIEW_COLUMNS, len(samples))
+    rows = min(PREVIEW_COLUMNS, len(samples) // columns)
+    save_grid(samples[: rows * columns].reshape(rows, columns, *samples.shape[1:]), snakemake.output.samples)
 
 
 run_rule(main, snakemake)  # noqa: F821

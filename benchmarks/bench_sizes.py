@@ -1,4 +1,4 @@
-"""The sizes a benchmark run measures at: the workflow's own (config.yaml), or tiny ones for --quick."""
+"""The sizes a benchmark run measures at: the workflow's own (config/config.yaml), or tiny ones."""
 
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ class Sizes:
 
 
 def full_sizes() -> Sizes:
-    """The workflow's defaults, read from config.yaml so that the benchmark follows them."""
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    """The workflow's defaults, read from config/config.yaml so that the benchmark follows them."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     grid, loss, training = config["interpolation"], config["timestep_loss"], config["train"]
     timesteps = config["diffusion"]["timesteps"]
     return Sizes(

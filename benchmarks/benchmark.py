@@ -1,6 +1,6 @@
 """How close the samplers, the loss analyses and training get to the network's own cost.
 
-    python benchmarks/benchmark.py            # full sizes (config.yaml's defaults), about an hour on 2 cores
+    python benchmarks/benchmark.py            # full sizes (config/config.yaml's), about an hour on 2 cores
     python benchmarks/benchmark.py --quick    # tiny sizes, seconds: checks that everything runs
 
 Every case runs in this one process, round-robin (case A, B, C, then A, B, C again, the starting

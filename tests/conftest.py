@@ -106,7 +106,7 @@ def run_snakemake(workdir: Path, *args: str, config: dict | None = None, timeout
     command = [
         SNAKEMAKE,
         "--snakefile",
-        str(REPO / "Snakefile"),
+        str(REPO / "workflow" / "Snakefile"),
         "--directory",
         str(workdir),
         "--configfile",

@@ -16,7 +16,7 @@ from conftest import REPO, tiny_config
 
 SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
-DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())
+DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
 JSON_TYPES = {

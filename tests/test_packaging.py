@@ -1,4 +1,5 @@
-"""environment.yml (conda users) lists exactly pyproject.toml's dependencies, slurm and diffusers extras."""
+"""The conda environment (workflow/envs/environment.yaml) lists exactly pyproject.toml's dependencies
+and its slurm and diffusers extras."""
 
 import tomllib
 import yaml
@@ -10,7 +11,7 @@ def test_environment_yml_mirrors_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     expected = set(project["dependencies"]) | set(project["optional-dependencies"]["slurm"])
     expected |= set(project["optional-dependencies"]["diffusers"])
-    environment = yaml.safe_load((REPO / "environment.yml").read_text())
+    environment = yaml.safe_load((REPO / "workflow" / "envs" / "environment.yaml").read_text())
     pip_sections = [d["pip"] for d in environment["dependencies"] if isinstance(d, dict)]
     assert len(pip_sections) == 1
     assert set(pip_sections[0]) == expected

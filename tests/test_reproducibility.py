@@ -63,7 +63,7 @@ def test_a_run_killed_during_a_grid_leaves_no_output_and_resumes(tmp_path):
     command = [
         SNAKEMAKE,
         "-s",
-        str(REPO / "Snakefile"),
+        str(REPO / "workflow" / "Snakefile"),
         "-d",
         str(tmp_path),
         "--configfile",

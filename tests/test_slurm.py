@@ -37,7 +37,7 @@ from conftest import GPU_RULES, OUTPUTS, REPO, TINY_CONFIG
 
 pytestmark = pytest.mark.slurm
 
-SNAKEFILE = REPO / "Snakefile"
+SNAKEFILE = REPO / "workflow" / "Snakefile"
 PROFILE = REPO / "profiles" / "slurm"
 START_SCRIPT = REPO / "tests" / "slurm" / "start-cluster.sh"
 STOP_SCRIPT = REPO / "tests" / "slurm" / "stop-cluster.sh"

@@ -7,10 +7,10 @@ from snakemake.utils import min_version
 
 min_version("8.20")
 
-# This checkout's package, for this process and, through PYTHONPATH, for every job (also inside
-# --sdm conda environments and cluster jobs, which inherit the environment): code and workflow
-# always match.
-SRC = str(Path(workflow.basedir) / "src")
+# This checkout's package (src/ beside workflow/), for this process and, through PYTHONPATH, for
+# every job (also inside --sdm conda environments and cluster jobs, which inherit the environment):
+# code and workflow always match, also when the workflow is used as a module of another.
+SRC = str(Path(workflow.current_basedir).resolve().parents[1] / "src")
 sys.path.insert(0, SRC)
 os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
@@ -34,7 +34,7 @@ except DiagnosticsError as error:
 
 
 # Every rule runs in the environment this file describes when --sdm conda is given.
-CONDA_ENV = "../../environment.yml"
+CONDA_ENV = "../envs/environment.yaml"
 # A sweep (config `models`) puts each model's files under results/<model>/ (logs under
 # logs/<model>/) through the {model} wildcard; with one model (no `models`, the default) the paths
 # are the plain ones, results/timestep_loss.csv and so on. Rules write their per-model paths as

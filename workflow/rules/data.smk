@@ -21,4 +21,4 @@ rule download_mnist:
         data=config["data"],
         out_dir=lambda wildcards, output: Path(output.manifest).parent,
     script:
-        "../../scripts/download_mnist.py"
+        "../scripts/download_mnist.py"

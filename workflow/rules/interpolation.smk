@@ -22,7 +22,7 @@ rule noise_endpoints:
         n=config["interpolation"]["n"],
         seed=lambda wildcards: config["interpolation"]["seed"][wildcards.sampler],
     script:
-        "../../scripts/noise_endpoints.py"
+        "../scripts/noise_endpoints.py"
 
 
 # One decoded grid, kept as images so that the PNG and the interpolation metrics read the same
@@ -53,7 +53,7 @@ rule interpolation_samples:
         device=config["device"],
         sampling=SAMPLING,
     script:
-        "../../scripts/interpolation_samples.py"
+        "../scripts/interpolation_samples.py"
 
 
 # The configured grid of each sampler as a picture.
@@ -77,7 +77,7 @@ rule interpolation_grid_ddpm:
     params:
         model_description=model_description,
     script:
-        "../../scripts/interpolation_grid.py"
+        "../scripts/interpolation_grid.py"
 
 
 use rule interpolation_grid_ddpm as interpolation_grid_ddim with:

@@ -33,7 +33,7 @@ rule timestep_loss:
         settings=config["timestep_loss"],
         device=config["device"],
     script:
-        "../../scripts/timestep_loss.py"
+        "../scripts/timestep_loss.py"
 
 
 rule plot_timestep_loss:
@@ -56,7 +56,7 @@ rule plot_timestep_loss:
     params:
         model_description=model_description,
     script:
-        "../../scripts/plot_timestep_loss.py"
+        "../scripts/plot_timestep_loss.py"
 
 
 rule plot_timestep_loss_snr:
@@ -80,7 +80,7 @@ rule plot_timestep_loss_snr:
     params:
         model_description=model_description,
     script:
-        "../../scripts/plot_timestep_loss_snr.py"
+        "../scripts/plot_timestep_loss_snr.py"
 
 
 # A sweep only (config `models`): every model's loss, measured with the same settings on the same
@@ -110,4 +110,4 @@ rule compare_timestep_loss:
     params:
         models=list(MODELS),
     script:
-        "../../scripts/compare_timestep_loss.py"
+        "../scripts/compare_timestep_loss.py"

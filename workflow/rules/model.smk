@@ -31,7 +31,7 @@ rule train:
         # Not an output: it must survive a failed or killed job so that the rerun resumes.
         state=f"results/{PER_MODEL}train/resume_state.pt",
     script:
-        "../../scripts/train.py"
+        "../scripts/train.py"
 
 
 # A Hugging Face Hub model (checkpoint: hf:owner/name[@revision]), fetched once into
@@ -54,7 +54,7 @@ rule download_model:
     params:
         hub_id=lambda wildcards: HUB_MODELS[wildcards.hub_folder],
     script:
-        "../../scripts/download_model.py"
+        "../scripts/download_model.py"
 
 
 # What every model rule needs to know of its model before running it: its kind, its process, its
@@ -82,4 +82,4 @@ rule describe_model:
         image_fit=config["image_fit"],
         device="cpu",
     script:
-        "../../scripts/describe_model.py"
+        "../scripts/describe_model.py"

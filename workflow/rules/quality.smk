@@ -26,7 +26,7 @@ rule train_classifier:
         settings=config["classifier"],
         device=config["device"],
     script:
-        "../../scripts/train_classifier.py"
+        "../scripts/train_classifier.py"
 
 
 rule sample_quality:
@@ -73,7 +73,7 @@ rule sample_quality:
         device=config["device"],
         sampling=SAMPLING,
     script:
-        "../../scripts/sample_quality.py"
+        "../scripts/sample_quality.py"
 
 
 rule interpolation_metrics:
@@ -109,7 +109,7 @@ rule interpolation_metrics:
         confidence=config["quality"]["confidence"],
         device=config["device"],
     script:
-        "../../scripts/interpolation_metrics.py"
+        "../scripts/interpolation_metrics.py"
 
 
 rule ddim_fidelity:
@@ -155,7 +155,7 @@ rule ddim_fidelity:
         device=config["device"],
         sampling=SAMPLING,
     script:
-        "../../scripts/ddim_fidelity.py"
+        "../scripts/ddim_fidelity.py"
 
 
 rule interpolate_real_digits:
@@ -189,4 +189,4 @@ rule interpolate_real_digits:
         device=config["device"],
         sampling=SAMPLING,
     script:
-        "../../scripts/interpolate_real_digits.py"
+        "../scripts/interpolate_real_digits.py"

@@ -95,10 +95,8 @@ def test_a_sweep_of_every_kind_of_model(tmp_path, hub, monkeypatch):
     assert cards["folder"]["sample_shape"] == [1, 32, 32] and cards["folder"]["digits"].startswith("padded")
     assert cards["folder"]["process"]["prediction_type"] == "v_prediction"
     assert cards["folder"]["process"]["variance_type"] == "fixed_large"
-    assert (
-        cards["hub"]["details"]["layout"] == "flat"
-        and cards["hub"]["details"]["hub_id"] == "hf:owner/flat-ddpm"
-    )
+    assert cards["hub"]["details"]["layout"] == "flat" and cards["hub"]["checkpoint"] == "hf:owner/flat-ddpm"
+    assert cards["hub"]["path"] == "resources/models/owner--flat-ddpm"
     assert cards["own"]["process"]["prediction_type"] == "sample"
     assert (work / "resources" / "models" / "owner--flat-ddpm" / "diffusion_pytorch_model.bin").is_file()
 
@@ -123,7 +121,7 @@ def test_a_sweep_of_every_kind_of_model(tmp_path, hub, monkeypatch):
         "own.pt": tree_digest(weights),
     }
     assert after == before, "a user's files are never written"
-    assert "hf:owner/flat-ddpm" in (work / "logs" / "hub" / "describe_model.log").read_text()
+    assert "owner--flat-ddpm" in (work / "logs" / "hub" / "describe_model.log").read_text()
 
 
 @pytest.mark.parametrize(

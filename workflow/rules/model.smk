@@ -77,6 +77,8 @@ rule describe_model:
         CONDA_ENV
     threads: 1
     params:
+        # What the config names (a hub id, say) beside what is read (its downloaded folder).
+        checkpoint=model_source,
         model=model_spec,
         model_description=model_description,
         image_fit=config["image_fit"],

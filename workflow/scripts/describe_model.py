@@ -11,6 +11,7 @@ def main(snakemake):
     write_json(
         {
             "description": info["description"],
+            "checkpoint": snakemake.params.checkpoint,
             "source": info["source"],
             "path": info.get("path"),
             "process": diffusion.schedule_config(),

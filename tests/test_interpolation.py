@@ -18,7 +18,7 @@ from diffusion_diagnostics import (
     save_grid,
 )
 from diffusion_diagnostics.diffusion import SamplingOptions
-from diffusion_diagnostics.grids import load_endpoints, load_grid_images, save_grid_images
+from diffusion_diagnostics.grids import load_endpoints, load_grid_images, save_grid_images, tile_rows
 from diffusion_diagnostics.real_digits import interpolate_real, select_pairs
 
 from conftest import tiny_unet
@@ -204,6 +204,17 @@ def test_save_grid_pixel_layout(tmp_path, n, steps):
         expected = int((value * 0.5 + 0.5) * 255 + 0.5)
         assert (tile - expected).abs().max() <= 1, (k, tile.unique(), expected)
     assert sorted(p.name for p in path.parent.iterdir()) == ["grid.png"], "no partial files left"
+
+
+@pytest.mark.parametrize(("n", "expected_rows"), [(3, 1), (10, 1), (12, 2), (100, 10), (130, 10)])
+def test_tile_rows_keeps_every_image_up_to_the_limit_and_pads_with_background(n, expected_rows):
+    images = torch.linspace(-0.5, 0.5, n).reshape(n, 1, 1, 1).expand(n, 1, 2, 2)
+    grid = tile_rows(images, columns=10, max_rows=10)
+    assert grid.shape == (expected_rows, 10, 1, 2, 2)
+    shown = min(n, 100)
+    flat = grid.flatten(0, 1)
+    assert torch.equal(flat[:shown], images[:shown])
+    assert torch.all(flat[shown:] == -1)
 
 
 def test_save_grid_clamps_out_of_range_values(tmp_path):

@@ -15,6 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
+import diffusers
 import own_network
 import pytest
 import torch
@@ -38,18 +39,13 @@ UNET = {
 }
 
 
-@pytest.fixture(scope="module")
-def diffusers():
-    return pytest.importorskip("diffusers")
-
-
-def diffusers_unet(diffusers, seed: int = 0, **config):
+def diffusers_unet(seed: int = 0, **config):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return diffusers.UNet2DModel(**{**UNET, **config}).eval()
 
 
-def save_folder(diffusers, path: Path, layout: str, unet, scheduler, safe: bool = True) -> Path:
+def save_folder(path: Path, layout: str, unet, scheduler, safe: bool = True) -> Path:
     """A folder as diffusers' save_pretrained writes it: a pipeline, or UNet and scheduler side by side."""
     if layout == "pipeline":
         pipeline = (
@@ -64,19 +60,19 @@ def save_folder(diffusers, path: Path, layout: str, unet, scheduler, safe: bool 
     return path
 
 
-def ddpm_folder(diffusers, path: Path, layout: str, unet=None, safe: bool = True) -> Path:
+def ddpm_folder(path: Path, layout: str, unet=None, safe: bool = True) -> Path:
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=T)
-    return save_folder(diffusers, path, layout, unet or diffusers_unet(diffusers), scheduler, safe)
+    return save_folder(path, layout, unet or diffusers_unet(), scheduler, safe)
 
 
 @pytest.fixture
-def pipeline_folder(diffusers, tmp_path):
-    return ddpm_folder(diffusers, tmp_path / "pipeline", "pipeline")
+def pipeline_folder(tmp_path):
+    return ddpm_folder(tmp_path / "pipeline", "pipeline")
 
 
 @pytest.fixture
-def flat_folder(diffusers, tmp_path):
-    return ddpm_folder(diffusers, tmp_path / "flat", "flat")
+def flat_folder(tmp_path):
+    return ddpm_folder(tmp_path / "flat", "flat")
 
 
 def edit_json(path: Path, **changes) -> None:
@@ -117,12 +113,12 @@ def diffusers_ddpm(unet, scheduler, x: torch.Tensor, generator: torch.Generator)
 
 @pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "bin"])
 @pytest.mark.parametrize("layout", ["pipeline", "flat"])
-def test_folder_gives_the_diffusers_network_and_schedule(diffusers, tmp_path, layout, safe):
-    unet = diffusers_unet(diffusers)
+def test_folder_gives_the_diffusers_network_and_schedule(tmp_path, layout, safe):
+    unet = diffusers_unet()
     scheduler = diffusers.DDPMScheduler(
         num_train_timesteps=T, beta_start=1e-3, beta_end=0.05, beta_schedule="scaled_linear"
     )
-    folder = save_folder(diffusers, tmp_path / "model", layout, unet, scheduler, safe)
+    folder = save_folder(tmp_path / "model", layout, unet, scheduler, safe)
     weights = next(folder.rglob("diffusion_pytorch_model.*"))
     assert weights.suffix == (".safetensors" if safe else ".bin")
 
@@ -143,9 +139,9 @@ def test_folder_gives_the_diffusers_network_and_schedule(diffusers, tmp_path, la
     )
 
 
-def test_sample_size_may_be_a_pair(diffusers, tmp_path):
-    unet = diffusers_unet(diffusers, sample_size=(16, 8))
-    folder = ddpm_folder(diffusers, tmp_path / "model", "flat", unet)
+def test_sample_size_may_be_a_pair(tmp_path):
+    unet = diffusers_unet(sample_size=(16, 8))
+    folder = ddpm_folder(tmp_path / "model", "flat", unet)
 
     diffusion, _ = load_model(folder)
 
@@ -154,12 +150,12 @@ def test_sample_size_may_be_a_pair(diffusers, tmp_path):
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize(("spacing", "offset"), [("trailing", 0), ("leading", 1)])
-def test_ddim_sample_equals_diffusers_ddim(diffusers, tmp_path, spacing, offset, prediction_type):
-    unet = diffusers_unet(diffusers)
+def test_ddim_sample_equals_diffusers_ddim(tmp_path, spacing, offset, prediction_type):
+    unet = diffusers_unet()
     scheduler = diffusers.DDIMScheduler(
         num_train_timesteps=T, timestep_spacing=spacing, steps_offset=offset, prediction_type=prediction_type
     )
-    folder = save_folder(diffusers, tmp_path / "model", "pipeline", unet, scheduler)
+    folder = save_folder(tmp_path / "model", "pipeline", unet, scheduler)
     diffusion, info = load_model(folder)
     assert (info["scheduler"], info["timestep_spacing"], info["steps_offset"]) == (
         "DDIMScheduler",
@@ -185,12 +181,12 @@ def test_ddim_sample_equals_diffusers_ddim(diffusers, tmp_path, spacing, offset,
         ("epsilon", "fixed_small_log"),
     ],
 )
-def test_ddpm_sample_equals_diffusers_ddpm(diffusers, tmp_path, prediction_type, variance_type):
-    unet = diffusers_unet(diffusers)
+def test_ddpm_sample_equals_diffusers_ddpm(tmp_path, prediction_type, variance_type):
+    unet = diffusers_unet()
     scheduler = diffusers.DDPMScheduler(
         num_train_timesteps=T, prediction_type=prediction_type, variance_type=variance_type
     )
-    folder = save_folder(diffusers, tmp_path / "model", "flat", unet, scheduler)
+    folder = save_folder(tmp_path / "model", "flat", unet, scheduler)
     diffusion, _ = load_model(folder)
     x_T = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(4))
 
@@ -202,18 +198,18 @@ def test_ddpm_sample_equals_diffusers_ddpm(diffusers, tmp_path, prediction_type,
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
 
 
-def test_log_variances_read_as_the_same_variances(diffusers, tmp_path):
+def test_log_variances_read_as_the_same_variances(tmp_path):
     # diffusers' own DDPM step turns fixed_large_log into NaN (it takes the square root of log β), so
     # this one is checked by what it is read as, not against diffusers' sampler.
     scheduler = diffusers.DDPMScheduler(num_train_timesteps=T, variance_type="fixed_large_log")
-    folder = save_folder(diffusers, tmp_path / "model", "flat", diffusers_unet(diffusers), scheduler)
+    folder = save_folder(tmp_path / "model", "flat", diffusers_unet(), scheduler)
 
     diffusion, _ = load_model(folder)
 
     assert diffusion.variance_type == "fixed_large"
 
 
-def test_old_scheduler_config_takes_diffusers_defaults(diffusers, flat_folder):
+def test_old_scheduler_config_takes_diffusers_defaults(flat_folder):
     old = {"num_train_timesteps": 40, "beta_start": 0.001, "beta_end": 0.03, "beta_schedule": "linear"}
     (flat_folder / "scheduler_config.json").write_text(json.dumps(old))
     defaults = diffusers.DDPMScheduler().config
@@ -268,8 +264,6 @@ def own_entry(weights: Path, **changes) -> dict:
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
 def test_entry_point_builds_the_users_network_with_its_weights(tmp_path, suffix):
-    if suffix == ".safetensors":
-        pytest.importorskip("safetensors")
     network = own_weights(tmp_path / f"weights{suffix}")
     schedule = {
         "num_train_timesteps": 20,
@@ -310,9 +304,8 @@ def test_entry_point_schedule_left_out_takes_the_defaults_without_diffusers(tmp_
 
 
 @pytest.fixture
-def stand_in_hub(diffusers, tmp_path, monkeypatch):
-    pytest.importorskip("huggingface_hub")
-    folder = ddpm_folder(diffusers, tmp_path / "served", "pipeline")
+def stand_in_hub(tmp_path, monkeypatch):
+    folder = ddpm_folder(tmp_path / "served", "pipeline")
     # What the Hub also holds and a model folder does not need.
     (folder / "README.md").write_text("# a tiny DDPM")
     (folder / "unet" / "diffusion_flax_model.msgpack").write_bytes(b"flax weights")
@@ -332,7 +325,7 @@ MODEL_FILES = [
 ]
 
 
-def test_hub_id_is_read_as_the_folder_it_downloads(diffusers, stand_in_hub, tmp_path):
+def test_hub_id_is_read_as_the_folder_it_downloads(stand_in_hub, tmp_path):
     models = tmp_path / "resources" / "models"
 
     diffusion, info = load_model("hf:owner/tiny-ddpm", hub_root=models)
@@ -345,7 +338,7 @@ def test_hub_id_is_read_as_the_folder_it_downloads(diffusers, stand_in_hub, tmp_
     )
     x, t = torch.randn(2, 1, 16, 16), torch.tensor([1, T - 1])
     with torch.no_grad():
-        torch.testing.assert_close(diffusion.model(x, t), diffusers_unet(diffusers)(x, t).sample)
+        torch.testing.assert_close(diffusion.model(x, t), diffusers_unet()(x, t).sample)
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == MODEL_FILES
     assert [entry.name for entry in models.iterdir()] == ["owner--tiny-ddpm"]  # no partial folder left
 
@@ -389,7 +382,6 @@ def test_hub_unknown_revision_or_repository_is_one_line(stand_in_hub, tmp_path):
 
 
 def test_hub_without_network_says_how_to_download_by_hand(tmp_path, monkeypatch):
-    pytest.importorskip("huggingface_hub")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
@@ -496,20 +488,20 @@ def test_conditional_unet(pipeline_folder, flat_folder):
     refused(flat_folder, str(flat_folder / "config.json"), "_class_name", "UNet2DConditionModel")
 
 
-def test_class_conditional_unet(diffusers, tmp_path):
-    unet = diffusers_unet(diffusers, num_class_embeds=10)
-    folder = ddpm_folder(diffusers, tmp_path / "model", "flat", unet)
+def test_class_conditional_unet(tmp_path):
+    unet = diffusers_unet(num_class_embeds=10)
+    folder = ddpm_folder(tmp_path / "model", "flat", unet)
     refused(folder, str(folder / "config.json"), "num_class_embeds", "class-conditional")
 
 
-def test_learned_variance_unet(diffusers, tmp_path):
-    unet = diffusers_unet(diffusers, out_channels=2)
-    folder = ddpm_folder(diffusers, tmp_path / "model", "flat", unet)
+def test_learned_variance_unet(tmp_path):
+    unet = diffusers_unet(out_channels=2)
+    folder = ddpm_folder(tmp_path / "model", "flat", unet)
     refused(folder, str(folder / "config.json"), "out_channels 2", "learned variance")
 
 
-def test_folder_weights_of_another_network(diffusers, flat_folder, tmp_path):
-    other = diffusers_unet(diffusers, block_out_channels=(8, 24))
+def test_folder_weights_of_another_network(flat_folder, tmp_path):
+    other = diffusers_unet(block_out_channels=(8, 24))
     other.save_pretrained(tmp_path / "other")
     weights = flat_folder / "diffusion_pytorch_model.safetensors"
     shutil.copy(tmp_path / "other" / "diffusion_pytorch_model.safetensors", weights)
@@ -536,8 +528,8 @@ class RunsCode:
         return (Path.touch, (self.marker,))
 
 
-def test_code_in_bin_weights_never_runs(diffusers, tmp_path):
-    folder = ddpm_folder(diffusers, tmp_path / "model", "flat", safe=False)
+def test_code_in_bin_weights_never_runs(tmp_path):
+    folder = ddpm_folder(tmp_path / "model", "flat", safe=False)
     marker = tmp_path / "code-ran"
     torch.save({"conv_in.weight": RunsCode(marker)}, folder / "diffusion_pytorch_model.bin")
 

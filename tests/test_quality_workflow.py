@@ -66,12 +66,24 @@ def test_interpolation_metrics_cover_every_variant_and_row(tiny_run):
 
 def test_ddim_fidelity_reference_is_exact_and_inversion_covers_each_step_count(tiny_run):
     settings = tiny_config()["fidelity"]
+    steps = sorted(settings["num_steps"])
     sweep = rows(tiny_run / "results/quality/ddim_fidelity.csv")
-    assert [int(row["num_steps"]) for row in sweep] == sorted(settings["num_steps"])
-    assert float(sweep[-1]["rmse_to_reference"]) == 0
+    # Every step count decoded twice from the same noise: x̂0 unclipped, then clipped.
+    assert [(int(row["num_steps"]), row["clip_x0"]) for row in sweep] == [
+        *((s, "False") for s in steps),
+        *((s, "True") for s in steps),
+    ]
+    by_clipping = {clip: [row for row in sweep if row["clip_x0"] == clip] for clip in ("False", "True")}
+    for clipped in by_clipping.values():
+        # The reference is the same clipping at the most steps: exactly itself.
+        assert float(clipped[-1]["rmse_to_reference"]) == 0
+    # The unclipped reference against itself is 0; the clipped one departs from it.
+    assert float(by_clipping["False"][-1]["rmse_to_unclipped"]) == 0
+    assert float(by_clipping["True"][-1]["rmse_to_unclipped"]) > 0
     assert all(float(row["seconds"]) > 0 for row in sweep)
     inversion = rows(tiny_run / "results/quality/ddim_inversion.csv")
-    assert [int(row["num_steps"]) for row in inversion] == sorted(settings["num_steps"])
+    assert sorted({int(row["num_steps"]) for row in inversion}) == steps
+    assert {row["clip_x0"] for row in inversion} == {"False", "True"}
     assert {int(row["images"]) for row in inversion} == {settings["inversion_images"]}
 
 
@@ -130,7 +142,8 @@ def test_bfloat16_precision_reruns_exactly_the_sampling_rules(tiny_run, tmp_path
     float32_grid = load_grid_images(run / grid)
     result = run_snakemake(run, "--cores", "2", "results/quality/sample_quality.json", grid, config=config)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert json.loads((run / "results/quality/sample_quality.json").read_text())["precision"] == "bfloat16"
+    saved = json.loads((run / "results/quality/sample_quality.json").read_text())
+    assert saved["sampling"]["precision"] == "bfloat16"
     assert "forward passes in bfloat16" in (run / "logs/sample_quality.log").read_text()
     bf16_grid = load_grid_images(run / grid)
     assert bf16_grid.dtype == float32_grid.dtype and bf16_grid.shape == float32_grid.shape

@@ -346,9 +346,17 @@ def _files(root: Path) -> set[str]:
     }
 
 
-def _csv_rows(path: Path) -> list[dict[str, float]]:
+def _number_or_text(value: str) -> float | str:
+    """A CSV cell as a number where it is one (the objective column, say, is a name)."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def _csv_rows(path: Path) -> list[dict[str, float | str]]:
     with path.open(newline="") as handle:
-        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+        return [{key: _number_or_text(value) for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
 def test_cluster_results_equal_local_results(slurm_cluster, cluster_run, request):
@@ -368,6 +376,8 @@ def test_cluster_results_equal_local_results(slurm_cluster, cluster_run, request
         assert cluster_row.keys() == local_row.keys()
         for key in local_row:
             same = pytest.approx(local_row[key], rel=1e-9, abs=1e-12)
+            if isinstance(local_row[key], str):
+                same = local_row[key]
             assert cluster_row[key] == same, (key, cluster_row, local_row)
 
     for sampler in ("ddpm", "ddim"):
@@ -379,7 +389,8 @@ def test_cluster_results_equal_local_results(slurm_cluster, cluster_run, request
 
 
 def test_failing_cluster_job_fails_the_run(slurm_cluster, cluster_run, tmp_path):
-    """A checkpoint that is no checkpoint: timestep_loss fails inside its SLURM job."""
+    """A checkpoint that is no checkpoint: describe_model, the first rule that reads it, fails
+    inside its SLURM job, and nothing after it is submitted."""
     slurm_cluster.require()
     # The data from the successful run: download_mnist (local, seconds) need not run again.
     mnist = cluster_run.workdir / "resources" / "mnist" if cluster_run is not None else None
@@ -395,17 +406,19 @@ def test_failing_cluster_job_fails_the_run(slurm_cluster, cluster_run, tmp_path)
     assert run.returncode != 0, run.describe()
     # Snakemake's error report names the rule and the SLURM job that failed.
     report = re.search(
-        r"^Error in rule timestep_loss:\n\s+message: SLURM-job '(\d+)' failed", run.output, re.M
+        r"^Error in rule describe_model:\n\s+message: SLURM-job '(\d+)' failed", run.output, re.M
     )
     assert report, run.describe()
-    [job] = [job for job in run.jobs if job.rule == "timestep_loss"]
-    assert "--gpus=1" in job.sbatch
+    [job] = [job for job in run.jobs if job.rule == "describe_model"]
+    assert "--gpus" not in job.sbatch, job.sbatch
     assert job.record.get("JobId") == report.group(1), job.record
     assert job.record.get("JobState") == "FAILED", job.record
+    assert not [job for job in run.jobs if job.rule == "timestep_loss"], run.describe()
     # The rule's own error line is in the job's SLURM log, which the error report names.
     slurm_log = Path(job.record["StdOut"])
     assert str(slurm_log) in run.output, run.describe()
-    assert "error in rule timestep_loss:" in slurm_log.read_text(), _tail(slurm_log.read_text())
+    assert "error in rule describe_model:" in slurm_log.read_text(), _tail(slurm_log.read_text())
+    assert not (tmp_path / "results" / "model.json").exists()
     assert not (tmp_path / "results" / "timestep_loss.csv").exists()
 
 
@@ -431,15 +444,18 @@ def test_sweep_runs_each_model_as_its_own_jobs(slurm_cluster, tmp_path):
     jobs = {(job.rule, job.record.get("Comment", "").partition("_wildcards_")[2]): job for job in run.jobs}
     assert sorted(jobs) == [
         ("compare_timestep_loss", ""),
+        ("describe_model", "given"),
+        ("describe_model", "small"),
         ("timestep_loss", "given"),
         ("timestep_loss", "small"),
         ("train", "small"),
     ], run.describe()
-    assert len({job.record["JobId"] for job in run.jobs}) == len(run.jobs) == 4
+    assert len({job.record["JobId"] for job in run.jobs}) == len(run.jobs) == 6
     wanted = _profile()["set-resources"]
+    cpu_rules = {"compare_timestep_loss", "describe_model"}
     for (rule, _), job in jobs.items():
         assert job.record.get("JobState") == "COMPLETED", (rule, job.record)
-        assert ("--gpus=1" in job.sbatch) == (rule != "compare_timestep_loss"), job.sbatch
+        assert ("--gpus=1" in job.sbatch) == (rule not in cpu_rules), job.sbatch
         assert _option(job.sbatch, "-t", "--time") == str(wanted[rule]["runtime"]), job.sbatch
     first_loss, training = jobs["timestep_loss", "given"].record, jobs["train", "small"].record
     assert first_loss["SubmitTime"] < training["EndTime"], (first_loss, training)
@@ -451,10 +467,10 @@ def test_sweep_runs_each_model_as_its_own_jobs(slurm_cluster, tmp_path):
     assert not (tmp_path / "results" / "given" / "train").exists()
 
 
-def _csv_rows_by_model(path: Path) -> dict[str, list[dict[str, float]]]:
-    rows: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
+def _csv_rows_by_model(path: Path) -> dict[str, list[dict[str, float | str]]]:
+    rows: dict[str, list[dict[str, float | str]]] = collections.defaultdict(list)
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
             model = row.pop("model")
-            rows[model].append({key: float(value) for key, value in row.items()})
+            rows[model].append({key: _number_or_text(value) for key, value in row.items()})
     return rows

@@ -13,7 +13,13 @@ import pytest
 import torch
 
 from diffusion_diagnostics.checkpoint import load_checkpoint
-from diffusion_diagnostics.training import EpochSampler, TrainConfig, learning_rate_factor, train
+from diffusion_diagnostics.training import (
+    EpochSampler,
+    TrainConfig,
+    TrainingRun,
+    learning_rate_factor,
+    train,
+)
 
 MODEL = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "dropout": 0.0}
 SCHEDULE = {"timesteps": 20, "beta_start": 1e-3, "beta_end": 0.2, "clip_sample": True}
@@ -149,6 +155,35 @@ def test_a_state_from_other_settings_is_not_resumed(tmp_path):
     )
     with open(tmp_path / "other.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 4  # trained from step 0, not resumed at 4
+
+
+class CudaGeneratorStandIn:
+    """What a CUDA generator accepts on resume: its device says cuda, yet ``set_state`` takes only
+    a CPU byte tensor (as torch.cuda's does). On this CPU-only machine, code that moves the saved
+    state to the generator's device, or reads the file onto it, fails here as it would on a GPU."""
+
+    device = torch.device("cuda")
+
+    def __init__(self):
+        self.states: list[torch.Tensor] = []
+
+    def set_state(self, state: torch.Tensor) -> None:
+        assert state.device.type == "cpu" and state.dtype == torch.uint8, (state.device, state.dtype)
+        self.states.append(state)
+
+
+def test_resume_gives_a_generator_its_state_as_a_cpu_byte_tensor_whatever_its_device(tmp_path):
+    config = TrainConfig(steps=4, batch_size=8)
+    saved = TrainingRun.start(MODEL, SCHEDULE, config, torch.device("cpu"), run_id="run")
+    saved.train_step(images(8, 0), config.grad_clip)
+    saved.save(tmp_path / "state.pt")
+
+    resumed = TrainingRun.start(MODEL, SCHEDULE, config, torch.device("cpu"), run_id="run")
+    resumed.draws = CudaGeneratorStandIn()
+    assert resumed.resume(tmp_path / "state.pt")
+    [state] = resumed.draws.states
+    assert torch.equal(state, saved.draws.get_state())
+    assert resumed.step == 1
 
 
 def test_epoch_sampler_visits_every_image_once_per_epoch():

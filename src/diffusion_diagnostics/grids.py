@@ -25,6 +25,15 @@ def save_grid(grid: torch.Tensor, path: str | os.PathLike) -> str:
     return str(path)
 
 
+def tile_rows(images: torch.Tensor, columns: int, max_rows: int) -> torch.Tensor:
+    """The first ``columns * max_rows`` of a batch ``(N, C, H, W)`` as a grid ``(rows, columns, C,
+    H, W)``; a last row left short is filled with background (-1), so no image is dropped."""
+    images = images[: columns * max_rows]
+    rows = -(-len(images) // columns)
+    blank = images.new_full((rows * columns - len(images), *images.shape[1:]), -1.0)
+    return torch.cat([images, blank]).reshape(rows, columns, *images.shape[1:])
+
+
 def save_grid_images(path: str | os.PathLike, images: torch.Tensor) -> None:
     """A decoded grid, shape ``(rows, columns, C, H, W)`` in [-1, 1]."""
     save_torch({"format": GRID_FORMAT, "images": images}, path)

@@ -8,7 +8,7 @@ from diffusion_diagnostics.classifier import load_classifier
 from diffusion_diagnostics.data import load_split
 from diffusion_diagnostics.digits import to_digit_size
 from diffusion_diagnostics.files import write_csv
-from diffusion_diagnostics.grids import save_grid
+from diffusion_diagnostics.grids import save_grid, tile_rows
 from diffusion_diagnostics.plots import plot_sample_quality
 from diffusion_diagnostics.quality import (
     check_neighbour_counts,
@@ -63,9 +63,7 @@ def main(snakemake):
         **{key: settings[key] for key in RECORDED_SETTINGS},
     )
     plot_sample_quality(rows, snakemake.output.png)
-    columns = min(PREVIEW_COLUMNS, len(samples))
-    rows = min(PREVIEW_COLUMNS, len(samples) // columns)
-    save_grid(samples[: rows * columns].reshape(rows, columns, *samples.shape[1:]), snakemake.output.samples)
+    save_grid(tile_rows(samples, PREVIEW_COLUMNS, PREVIEW_COLUMNS), snakemake.output.samples)
 
 
 run_rule(main, snakemake)  # noqa: F821

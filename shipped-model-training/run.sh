@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The next shipped model (issue 15 item 4): the workflow's own train rule on full MNIST, resumed
+# from this folder's resume_state.pt. Run from a checkout with the package installed (make test or
+# make run has made .venv); THREADS=2 on an idle machine. The state goes back here at the end:
+#   shipped-model-training/run.sh            # trains until killed or train.steps is reached
+#   shipped-model-training/run.sh --save     # copies results/train/resume_state.pt back here
+set -euo pipefail
+cd "$(dirname "$0")/.."
+here=shipped-model-training
+if [[ "${1:-}" == "--save" ]]; then
+  cp results/train/resume_state.pt "$here/resume_state.pt"
+  exit 0
+fi
+mkdir -p results/train
+if [[ -f "$here/resume_state.pt" && ! -f results/train/resume_state.pt ]]; then
+  cp "$here/resume_state.pt" results/train/resume_state.pt
+fi
+threads="${THREADS:-1}"
+# bfloat16 halves a step on CPUs with AMX (and on GPUs) but is ten times slower on one without
+# bf16 matrix units (measured on an AMD EPYC here): PRECISION=bfloat16 where it pays.
+precision="${PRECISION:-float32}"
+exec .venv/bin/snakemake --cores "$threads" --rerun-incomplete results/train/best_model.pt \
+  --config checkpoint=train threads="$threads" 'data={source: mnist}' \
+  "train={steps: 60000, batch_size: 128, val_every: 500, val_size: 1000, save_every: 250, precision: $precision}"

@@ -333,7 +333,8 @@ def test_judge_images_batches_without_changing_the_result(classifier):
     assert whole.features.shape == (7, 128) and whole.features.dtype == torch.float64
     assert whole.probabilities.shape == (7, 10)
     assert torch.allclose(whole.probabilities.sum(1), torch.ones(7))
-    assert torch.allclose(whole.features, batched.features)
+    # Float rounding only: kernels differ with the batch size on some CPUs (AVX2-only ones).
+    torch.testing.assert_close(whole.features, batched.features, rtol=0, atol=1e-5)
 
 
 def test_sample_quality_rows(classifier):

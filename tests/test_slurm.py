@@ -375,9 +375,8 @@ def test_cluster_results_equal_local_results(slurm_cluster, cluster_run, request
     for cluster_row, local_row in zip(cluster_loss, local_loss, strict=True):
         assert cluster_row.keys() == local_row.keys()
         for key in local_row:
-            same = pytest.approx(local_row[key], rel=1e-9, abs=1e-12)
-            if isinstance(local_row[key], str):
-                same = local_row[key]
+            local = local_row[key]
+            same = local if isinstance(local, str) else pytest.approx(local, rel=1e-9, abs=1e-12)
             assert cluster_row[key] == same, (key, cluster_row, local_row)
 
     for sampler in ("ddpm", "ddim"):
@@ -427,7 +426,8 @@ def test_sweep_runs_each_model_as_its_own_jobs(slurm_cluster, tmp_path):
 
     Only the comparison is asked for (the grids would add minutes and nothing new). With one GPU
     on this node the GPU jobs run one after another, so side by side shows as: the given model's
-    loss job is submitted at the start, before the other model's training has ended.
+    first job (describe_model) is submitted at the start, before the other model's training has
+    ended.
     """
     slurm_cluster.require()
     config = yaml.safe_load(TINY_CONFIG.read_text())
@@ -457,8 +457,8 @@ def test_sweep_runs_each_model_as_its_own_jobs(slurm_cluster, tmp_path):
         assert job.record.get("JobState") == "COMPLETED", (rule, job.record)
         assert ("--gpus=1" in job.sbatch) == (rule not in cpu_rules), job.sbatch
         assert _option(job.sbatch, "-t", "--time") == str(wanted[rule]["runtime"]), job.sbatch
-    first_loss, training = jobs["timestep_loss", "given"].record, jobs["train", "small"].record
-    assert first_loss["SubmitTime"] < training["EndTime"], (first_loss, training)
+    given_first, training = jobs["describe_model", "given"].record, jobs["train", "small"].record
+    assert given_first["SubmitTime"] < training["EndTime"], (given_first, training)
 
     combined = _csv_rows_by_model(tmp_path / "results" / "compare" / "timestep_loss.csv")
     for model in ("given", "small"):

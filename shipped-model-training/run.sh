@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The next shipped model (issue 15 item 4): the workflow's own train rule on full MNIST, resumed
 # from this folder's resume_state.pt. Run from a checkout with the package installed (make test or
-# make run has made .venv); THREADS=2 on an idle machine. The state goes back here at the end:
+# make run has made .venv); THREADS=2 on an idle machine; STEPS and COOLDOWN set the budget and the
+# linear cool-down at its end (the same run resumes under a new budget). The state goes back here:
 #   shipped-model-training/run.sh            # trains until killed or train.steps is reached
 #   shipped-model-training/run.sh --save     # copies results/train/resume_state.pt back here
 set -euo pipefail
@@ -19,6 +20,8 @@ threads="${THREADS:-1}"
 # bfloat16 halves a step on CPUs with AMX (and on GPUs) but is ten times slower on one without
 # bf16 matrix units (measured on an AMD EPYC here): PRECISION=bfloat16 where it pays.
 precision="${PRECISION:-float32}"
+steps="${STEPS:-60000}"
+cooldown="${COOLDOWN:-0}"
 exec .venv/bin/snakemake --cores "$threads" --rerun-incomplete results/train/best_model.pt \
   --config checkpoint=train threads="$threads" 'data={source: mnist}' \
-  "train={steps: 60000, batch_size: 128, val_every: 500, val_size: 1000, save_every: 250, precision: $precision}"
+  "train={steps: $steps, cooldown_steps: $cooldown, batch_size: 128, val_every: 500, val_size: 1000, save_every: 250, precision: $precision}"

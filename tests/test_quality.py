@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from diffusion_diagnostics import DiagnosticsError, quality
+from diffusion_diagnostics import DiagnosticsError, DiffusionProcess, quality
 from diffusion_diagnostics.classifier import DigitClassifier
+from diffusion_diagnostics.diffusion import SamplingOptions
 from diffusion_diagnostics.files import write_csv
 from diffusion_diagnostics.plots import (
     ddim_fidelity_figure,
@@ -30,6 +31,7 @@ from diffusion_diagnostics.quality import (
     Judgement,
     class_histogram,
     confidence_stats,
+    draw_samples,
     frechet_distance,
     interpolation_row_metrics,
     judge_images,
@@ -37,6 +39,7 @@ from diffusion_diagnostics.quality import (
     sample_quality_rows,
     write_quality_json,
 )
+from diffusion_diagnostics.unet import UNet
 
 
 def corners(dims: int) -> torch.Tensor:
@@ -515,3 +518,33 @@ def test_timestep_loss_figure_is_the_originals_bar_chart():
     assert axes.get_ylabel() == "MSE (ε-prediction error)" and axes.get_xlabel() == "timestep t"
     assert [label.get_text() for label in axes.get_xticklabels()][:2] == ["0-99", "100-199"]
     assert bar_heights(axes) == pytest.approx([0.1 / (b + 1) for b in range(10)])
+
+
+def tiny_process(timesteps: int = 20) -> DiffusionProcess:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = UNet(base_channels=8, channel_mults=(1, 2)).eval()
+    return DiffusionProcess(model, timesteps)
+
+
+def test_drawn_samples_at_eta_0_are_the_ddim_map_of_the_seeded_noise():
+    diffusion = tiny_process()
+    noise = torch.randn((5, 1, 28, 28), generator=torch.Generator().manual_seed(4))
+    drawn = draw_samples(diffusion, 5, 6, batch_size=2, seed=4)
+    assert torch.allclose(drawn, diffusion.sample_ddim(noise, 6), atol=1e-6)
+    assert torch.equal(drawn, draw_samples(diffusion, 5, 6, batch_size=5, seed=4))
+
+
+def test_drawn_samples_at_eta_1_and_every_step_are_ddpm_samples():
+    """η = 1 over all T steps is DDPM's ancestral sampler with σ_t² = β̃_t, step noise included
+    (x̂_0 unclipped: DDIM, as diffusers' by default, does not derive ε̂ again from a clipped x̂_0)."""
+    diffusion, unclipped = tiny_process(), SamplingOptions(clip_x0=False)
+    noise = torch.randn((3, 1, 28, 28), generator=torch.Generator().manual_seed(5))
+    ddpm = diffusion.sample(noise, generator=torch.Generator().manual_seed(5), options=unclipped)
+
+    def drawn(eta: float) -> torch.Tensor:
+        return draw_samples(diffusion, 3, 20, batch_size=3, seed=5, eta=eta, options=unclipped)
+
+    torch.testing.assert_close(drawn(1.0), ddpm, rtol=0, atol=1e-4)
+    assert torch.equal(drawn(1.0), drawn(1.0))
+    assert (drawn(1.0) - drawn(0.0)).abs().max() > 0.1

@@ -304,18 +304,33 @@ def draw_samples(
     num_steps: int,
     batch_size: int,
     seed: int,
+    eta: float = 0.0,
     options: SamplingOptions | None = None,
 ) -> torch.Tensor:
-    """``num_samples`` η = 0 DDIM samples in [-1, 1] on the CPU, from starting noise drawn by a
-    seeded CPU generator (the same noise on every machine and device)."""
+    """``num_samples`` DDIM samples over ``num_steps`` steps, on the CPU.
+
+    The starting noise comes from a CPU generator seeded with ``seed``: the same on every machine
+    and device. ``eta`` is DDIM's η: 0 is its deterministic map; 1 gives every step the posterior's
+    variance over the strided schedule (ancestral sampling; DDPM's at S = T, x̂_0 unclipped). The step noise of
+    η > 0 comes from a generator on the sampling device, also seeded with ``seed``, drawn batch
+    after batch, so it depends on the device and on ``batch_size``.
+    """
     noise = torch.randn((num_samples, *diffusion.sample_shape), generator=torch.Generator().manual_seed(seed))
+    device = model_device(diffusion)
+    step_noise = torch.Generator(device).manual_seed(seed) if eta > 0 else None
 
     def decode(batch, desc):
         return diffusion.sample_ddim(
-            batch, num_steps, progress=True, desc=f"DDIM {num_steps} {desc}", options=options
+            batch,
+            num_steps,
+            eta,
+            generator=step_noise,
+            progress=True,
+            desc=f"DDIM {num_steps} {desc}",
+            options=options,
         )
 
-    return sample_in_batches(decode, noise, batch_size, model_device(diffusion))
+    return sample_in_batches(decode, noise, batch_size, device)
 
 
 def write_quality_json(rows: list[dict], path: str | os.PathLike, **metadata) -> None:

@@ -1,6 +1,7 @@
-"""Rule sample_quality: N DDIM samples judged by the classifier against real held-out digits (Fréchet
-distance, precision, recall, density, coverage, confidence, classes), with real training digits
-(the floor) and uniform noise (the ceiling) in the same table."""
+"""Rule sample_quality: N DDIM samples (quality.eta: 1, ancestral, by default) judged by the
+classifier against real held-out digits (Fréchet distance, precision, recall, density, coverage,
+confidence, classes), with real training digits (the floor) and uniform noise (the ceiling) in the
+same table."""
 
 import logging
 
@@ -20,7 +21,7 @@ from diffusion_diagnostics.workflow import load_sampling_model, run_rule
 
 PREVIEW_COLUMNS = 10  # samples.png: up to 10 rows of 10 samples
 # The quality settings written beside the table in sample_quality.json.
-RECORDED_SETTINGS = ("num_samples", "ddim_steps", "clip_x0", "seed", "confidence", "nearest_k")
+RECORDED_SETTINGS = ("num_samples", "ddim_steps", "eta", "clip_x0", "seed", "confidence", "nearest_k")
 
 
 def main(snakemake):
@@ -39,6 +40,7 @@ def main(snakemake):
         settings["ddim_steps"],
         settings["batch_size"],
         settings["seed"],
+        eta=settings["eta"],
         options=options,
     )
     # The judge reads digits: the model's images brought back to 28 x 28.

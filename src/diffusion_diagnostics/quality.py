@@ -311,9 +311,9 @@ def draw_samples(
 
     The starting noise comes from a CPU generator seeded with ``seed``: the same on every machine
     and device. ``eta`` is DDIM's η: 0 is its deterministic map; 1 gives every step the posterior's
-    variance over the strided schedule (ancestral sampling; DDPM's at S = T, x̂_0 unclipped). The step noise of
-    η > 0 comes from a generator on the sampling device, also seeded with ``seed``, drawn batch
-    after batch, so it depends on the device and on ``batch_size``.
+    variance over the strided schedule (ancestral sampling; DDPM's at S = T, x̂_0 unclipped). The
+    step noise of η > 0 comes from a generator on the sampling device, also seeded with ``seed``,
+    drawn batch after batch, so it depends on the device and on ``batch_size``.
     """
     noise = torch.randn((num_samples, *diffusion.sample_shape), generator=torch.Generator().manual_seed(seed))
     device = model_device(diffusion)

@@ -1,4 +1,4 @@
-"""Rule sample_quality: N DDIM samples (quality.eta: 1, ancestral, by default) judged by the
+"""Rule sample_quality: N DDIM samples (quality.eta: 0 deterministic, 1 ancestral) judged by the
 classifier against real held-out digits (Fréchet distance, precision, recall, density, coverage,
 confidence, classes), with real training digits (the floor) and uniform noise (the ceiling) in the
 same table."""

@@ -75,6 +75,18 @@ def test_nan_watch_updates_its_tensor_in_place():
     assert watch.first_bad is captured and int(captured) == 5
 
 
+def test_nan_watch_tells_the_largest_finite_values_from_inf():
+    """Its check sums the output: float32's largest values must not overflow into a false alarm,
+    and Inf beside -Inf (a sum of NaN) must still be caught."""
+    largest = torch.finfo(torch.float32).max
+    watch = NonFiniteWatch(torch.device("cpu"))
+    watch.update(torch.full((72, 1, 28, 28), largest), torch.tensor(9))
+    watch.update(torch.full((72, 1, 28, 28), -largest), torch.tensor(8))
+    assert int(watch.first_bad) == -1
+    watch.update(torch.tensor([float("inf"), float("-inf"), 1.0]), torch.tensor(4))
+    assert int(watch.first_bad) == 4
+
+
 def test_cuda_graphs_change_nothing_off_cuda(monkeypatch):
     def no_capture(*args, **kwargs):
         raise AssertionError("a CPU run must not try to capture")

@@ -10,10 +10,16 @@ are given. Our runs make the same call with an equally seeded generator, so both
 x_T (checked: a hook records the input of the pipeline's first network call). DDPM then draws one
 noise per step but the last from that generator, in the same order and shape on both sides, so even
 its per-step noise lines up; DDIM at η = 0 draws none.
+
+The two sides call the same network the same number of times on the same inputs, so a whole run
+differs only by each sampler's own arithmetic per step, which is well under 1 % of a forward of
+this network and so below what whole runs minutes apart can resolve. The own-cost rows measure it
+on its own: the same runs around a stand-in ``UNet2DModel`` whose forward returns a fixed tensor.
 """
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,12 +28,12 @@ from pathlib import Path
 import torch
 from bench_cases import forward_floor, paired_overhead, pixel_difference
 from bench_sizes import Sizes
-from bench_timing import Case, Timings, flops_of
+from bench_timing import Case, Timings, flops_of, paired_seconds
 from torch import nn
 
 from diffusion_diagnostics import DiffusionProcess
 from diffusion_diagnostics.diffusion import trailing_timesteps
-from diffusion_diagnostics.models import load_model
+from diffusion_diagnostics.models import DiffusersUNet, load_model
 
 NOISE_SEED = 3  # any seed: both sides draw x_T (and DDPM's step noise) from a generator seeded with it
 SAMPLERS = ("ddpm", "ddim")
@@ -84,6 +90,31 @@ def folder_model(diffusers, sizes: Sizes, device: torch.device) -> tuple[Diffusi
         pipeline.save_pretrained(folder)
         # load_model reads the weights into memory, so the folder may go once it returns.
         return load_model(Path(folder), device)
+
+
+def fixed_output_unet(diffusers, shape: tuple[int, ...], device: torch.device) -> nn.Module:
+    """A ``UNet2DModel`` (the pipelines read its config, dtype and device) whose forward costs
+    nothing: it returns one fixed ε̂ of the grid's shape, so a sampler around it costs only its own
+    arithmetic and its noise draws."""
+    from diffusers.models.unets.unet_2d import UNet2DOutput
+
+    class FixedOutputUNet(diffusers.UNet2DModel):
+        def forward(self, sample, timestep, **kwargs):
+            return UNet2DOutput(sample=self.fixed_output)
+
+    unet = FixedOutputUNet(
+        sample_size=shape[-1],
+        in_channels=shape[1],
+        out_channels=shape[1],
+        block_out_channels=(8,),
+        down_block_types=("DownBlock2D",),
+        up_block_types=("UpBlock2D",),
+        norm_num_groups=8,
+        add_attention=False,
+    ).to(device)
+    fixed = 0.5 * torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    unet.register_buffer("fixed_output", fixed.to(device))
+    return unet
 
 
 def pipelines(diffusers, unet: nn.Module, sizes: Sizes, device: torch.device) -> dict:
@@ -157,6 +188,7 @@ class DiffusersRows:
     ours: dict[str, Case]
     pipelines: dict[str, Case]
     floor: Case  # the DDIM runs' forwards of the UNet alone
+    own_cost_runs: dict[str, dict[str, Callable]]  # by sampler: ours and the pipeline, free network
 
     @property
     def unet(self) -> nn.Module:
@@ -168,6 +200,25 @@ class DiffusersRows:
     def paired(self, sizes: Sizes) -> dict:
         """Our samplers over the UNet's own forwards (``unet(x, t).sample``), in paired short runs."""
         return paired_overhead(self.diffusion.model, self.noise, sizes, lambda x, t: self.unet(x, t).sample)
+
+    def own_cost(self, sizes: Sizes, device: torch.device) -> dict:
+        """Each side's own cost per step around the free network, in ``sizes.pairs`` back-to-back
+        pairs with the order alternating (whole runs of the grid's steps, as in the rows above)."""
+        rows = {}
+        for sampler, runs in self.own_cost_runs.items():
+            seconds = paired_seconds(runs, sizes.pairs, device)
+            steps = self.forwards[sampler]
+            rows[sampler] = {
+                "label": row_label(f"our {sampler.upper()} vs {PIPELINE_NAMES[sampler]}", sampler, steps),
+                "steps": steps,
+                "pairs": sizes.pairs,
+                **{f"{side}_us_per_step": 1e6 * statistics.median(seconds[side]) / steps for side in runs},
+                "pipeline_over_ours": statistics.median(
+                    pipeline / ours
+                    for pipeline, ours in zip(seconds["pipeline"], seconds["ours"], strict=True)
+                ),
+            }
+        return rows
 
     def versus_floor(self, sampler: str, seconds: float, timings: Timings) -> dict:
         """The DDIM runs against the UNet's forwards alone; DDPM's T forwards have no floor case,
@@ -208,7 +259,9 @@ class DiffusersRows:
             **self.versus_floor(sampler, seconds, timings),
         }
 
-    def summary(self, timings: Timings, paired: dict, ours: dict, our_flops_per_forward: int) -> dict:
+    def summary(
+        self, timings: Timings, paired: dict, own_cost: dict, ours: dict, our_flops_per_forward: int
+    ) -> dict:
         """``ours``: our own network's sampler rows, for the comparison of the two whole stacks."""
         pipeline_rows = {sampler: self.pipeline_row(sampler, timings) for sampler in SAMPLERS}
         ddim_grid = f"ddim_{self.forwards['ddim']}"
@@ -224,6 +277,7 @@ class DiffusersRows:
                 sampler: self.ours_row(sampler, timings, paired) for sampler in SAMPLERS
             },
             "paired_overhead": paired,
+            "own_cost": own_cost,
             # Our network and sampler against diffusers' network and pipeline: the whole stacks.
             "ours_ddpm_speedup": pipeline_rows["ddpm"]["seconds"] / ours["ddpm"]["seconds"],
             "ours_ddim_speedup": pipeline_rows["ddim"]["seconds"] / ours[ddim_grid]["seconds"],
@@ -242,6 +296,9 @@ def diffusers_rows(sizes: Sizes, device: torch.device) -> DiffusersRows:
     shape = (sizes.images, *diffusion.sample_shape)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
     ddim_timesteps = trailing_timesteps(sizes.timesteps, forwards["ddim"])
+    free_unet = fixed_output_unet(diffusers, shape, device)
+    free = DiffusionProcess(DiffusersUNet(free_unet), **diffusion.schedule_config()).to(device).eval()
+    free_pipelines = pipelines(diffusers, free_unet, sizes, device)
     return DiffusersRows(
         version=diffusers.__version__,
         description=f"{describe_unet(sizes)}, random weights, saved as a DDPMPipeline folder and read by "
@@ -267,4 +324,11 @@ def diffusers_rows(sizes: Sizes, device: torch.device) -> DiffusersRows:
             forward_floor(lambda x, t: unet(x, t).sample, noise, ddim_timesteps),
             warm_up=True,
         ),
+        own_cost_runs={
+            sampler: {
+                "ours": ours_run(randn_tensor, free, sampler, steps, sizes, device),
+                "pipeline": pipeline_run(free_pipelines[sampler], sizes, steps, device),
+            }
+            for sampler, steps in forwards.items()
+        },
     )

@@ -95,6 +95,18 @@ TARGETS = (
         1,
     ),
     Target(
+        "diffusers folder model: our DDPM step's own cost below DDPMPipeline's (pipeline / ours)",
+        ("diffusers", "own_cost", "ddpm", "pipeline_over_ours"),
+        ">",
+        1,
+    ),
+    Target(
+        "diffusers folder model: our DDIM step's own cost below DDIMPipeline's (pipeline / ours)",
+        ("diffusers", "own_cost", "ddim", "pipeline_over_ours"),
+        ">",
+        1,
+    ),
+    Target(
         "DDPM grid on the GPU, CUDA graph: seconds (<= 10 s)",
         ("cuda_graphs", "ddpm_graph", "seconds"),
         "<=",
@@ -227,7 +239,28 @@ def folder_table(report: dict) -> list[str]:
             f"{row['rmse_to_pipeline']:.2g} | {row['max_abs_to_pipeline']:.2g} | "
             f"{row['x_T_max_abs_to_pipeline']:.2g} |"
         )
-    return [*lines, "", paired_line(d["paired_overhead"], " on the diffusers folder model")]
+    return [
+        *lines,
+        "",
+        paired_line(d["paired_overhead"], " on the diffusers folder model"),
+        "",
+        *own_cost_table(d["own_cost"]),
+    ]
+
+
+def own_cost_table(own_cost: dict) -> list[str]:
+    """What each sampler costs besides the network: both around a UNet2DModel that returns a fixed ε̂."""
+    lines = [
+        "| own cost per step (the network a free stand-in) | steps | ours µs | pipeline µs | "
+        "pipeline / ours (paired) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in own_cost.values():
+        lines.append(
+            f"| {row['label']} | {row['steps']} | {row['ours_us_per_step']:.0f} | "
+            f"{row['pipeline_us_per_step']:.0f} | {row['pipeline_over_ours']:.2f} |"
+        )
+    return lines
 
 
 def accuracy_table(report: dict) -> list[str]:

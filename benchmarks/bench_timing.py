@@ -82,22 +82,28 @@ def round_robin(cases: list[Case], reps: int, device: torch.device) -> Timings:
     return Timings(seconds, outputs, others)
 
 
+def paired_seconds(runs: dict[str, Callable], pairs: int, device: torch.device) -> dict[str, list[float]]:
+    """Each run's seconds, the runs back to back ``pairs`` times (after one untimed call each), the
+    order alternating: the i-th times of two runs lie seconds apart, so their ratio leaves out the
+    machine's drift over minutes (5-10 % here)."""
+    for run in runs.values():
+        run()
+    seconds = {name: [] for name in runs}
+    for pair in range(pairs):
+        for name in list(runs)[:: 1 if pair % 2 == 0 else -1]:
+            seconds[name].append(timed(runs[name], device)[0])
+    return seconds
+
+
 def paired_ratios(
     runs: dict[str, Callable], floor: Callable, pairs: int, device: torch.device
 ) -> dict[str, list[float]]:
-    """Each run's time over the floor's, the two run back to back ``pairs`` times, the order
-    alternating: each ratio compares runs seconds apart, so the machine's drift over minutes
-    (5-10 % here) stays out of it."""
-    everything = {"floor": floor, **runs}
-    for run in everything.values():
-        run()
-    ratios = {name: [] for name in runs}
-    for pair in range(pairs):
-        order = list(everything)[:: 1 if pair % 2 == 0 else -1]
-        seconds = {name: timed(everything[name], device)[0] for name in order}
-        for name, values in ratios.items():
-            values.append(seconds[name] / seconds["floor"])
-    return ratios
+    """Each run's time over the floor's, pair by pair (:func:`paired_seconds`)."""
+    seconds = paired_seconds({"floor": floor, **runs}, pairs, device)
+    return {
+        name: [run / floor for run, floor in zip(seconds[name], seconds["floor"], strict=True)]
+        for name in runs
+    }
 
 
 def flops_of(function: Callable) -> int:

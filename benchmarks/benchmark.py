@@ -131,7 +131,11 @@ def build_report(args, sizes: Sizes, setting: dict, work: Work, timings: Timings
     diffusers = {"status": "skipped", "reason": setting["diffusers_skipped"]}
     if work.diffusers is not None:
         diffusers = work.diffusers.summary(
-            timings, paired["diffusers"], sampler_rows, samplers.flops_per_forward
+            timings,
+            paired["diffusers"],
+            paired["diffusers_own_cost"],
+            sampler_rows,
+            samplers.flops_per_forward,
         )
     report = {
         "mode": "quick" if args.quick else "full",
@@ -181,6 +185,7 @@ def main(argv=None) -> dict:
     paired = {
         "ours": paired_overhead(diffusion.model, work.samplers.x_T, sizes),
         "diffusers": reference.paired(sizes) if reference is not None else None,
+        "diffusers_own_cost": reference.own_cost(sizes, device) if reference is not None else None,
     }
     setting = {"machine": info, "weights": weights, "diffusers_skipped": skipped}
     report = build_report(args, sizes, setting, work, timings, paired)

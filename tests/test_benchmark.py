@@ -50,6 +50,8 @@ DIFFUSERS_TARGETS = {
     "diffusers folder model: our DDIM <= 1.03 x its forwards (paired short runs)",
     "diffusers folder model: our DDPM faster than DDPMPipeline (speed-up)",
     "diffusers folder model: our DDIM S = 2 faster than DDIMPipeline (speed-up)",
+    "diffusers folder model: our DDPM step's own cost below DDPMPipeline's (pipeline / ours)",
+    "diffusers folder model: our DDIM step's own cost below DDIMPipeline's (pipeline / ours)",
 }
 
 
@@ -126,6 +128,13 @@ def test_quick_benchmark_writes_its_json_and_tables(tmp_path):
     ):
         assert row in stdout
     assert "Paired short runs on the diffusers folder model (3-step samplers" in stdout
+    # The own-cost rows: the same samplers around a network that costs nothing, both sides timed.
+    own_cost = diffusers["own_cost"]
+    assert {row["steps"] for row in own_cost.values()} == {10, 2}
+    for row in own_cost.values():
+        assert row["ours_us_per_step"] > 0 and row["pipeline_us_per_step"] > 0 and row["pairs"] == 3
+    assert "| our DDPM vs DDPMPipeline | 10 |" in stdout
+    assert "| our DDIM vs DDIMPipeline, S = 2 | 2 |" in stdout
 
 
 def test_the_diffusers_rows_can_be_skipped(tmp_path):

@@ -148,6 +148,15 @@ def test_sample_size_may_be_a_pair(tmp_path):
     assert diffusion.sample_shape == (1, 16, 8)
 
 
+def test_a_unet_without_sample_size_is_refused(tmp_path):
+    folder = ddpm_folder(tmp_path / "model", "flat", diffusers_unet(sample_size=None))
+
+    with pytest.raises(DiagnosticsError, match=r"config.json: sample_size is not set") as error:
+        load_model(folder)
+
+    assert "\n" not in str(error.value)
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize(("spacing", "offset"), [("trailing", 0), ("leading", 1)])
 def test_ddim_sample_equals_diffusers_ddim(tmp_path, spacing, offset, prediction_type):

@@ -353,6 +353,13 @@ def _loading_mismatch(loading: dict) -> str:
 
 
 def _check_unet_config(config: Mapping, path: Path) -> None:
+    if config.get("sample_size") is None:
+        # A fully convolutional UNet runs at any size, but its samples are only digits at the size
+        # it was trained at, which nothing else in the folder records.
+        raise DiagnosticsError(
+            f"{path}: sample_size is not set, so the image size the model was trained at is unknown; "
+            'add it to a copy of the folder (e.g. "sample_size": 28) and point checkpoint: at the copy'
+        )
     for key in ("class_embed_type", "num_class_embeds"):
         if config.get(key) is not None:
             raise DiagnosticsError(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -31,11 +31,15 @@ class Sizes:
     # Paired short runs: a sampler of this many steps against the same forwards alone, this many times.
     paired_steps: int
     pairs: int
-    diffusers_blocks: tuple[int, ...]  # block_out_channels of the diffusers UNet laid out like ours
 
     @property
     def timesteps(self) -> int:
         return self.diffusion["timesteps"]
+
+    @property
+    def diffusers_blocks(self) -> tuple[int, ...]:
+        """block_out_channels of the diffusers UNet laid out like ours: one block per level."""
+        return tuple(self.model["base_channels"] * mult for mult in self.model["channel_mults"])
 
     @property
     def images(self) -> int:
@@ -64,7 +68,6 @@ def full_sizes() -> Sizes:
         conv_calls=3,
         paired_steps=10,
         pairs=30,
-        diffusers_blocks=(32, 64, 64),
     )
 
 
@@ -86,5 +89,15 @@ def quick_sizes() -> Sizes:
         conv_calls=1,
         paired_steps=3,
         pairs=3,
-        diffusers_blocks=(8, 16),
+    )
+
+
+def with_network_of(sizes: Sizes, network) -> Sizes:
+    """The sizes with the network of a checkpoint that is this package's UNet, which may be laid
+    out otherwise than the config's defaults: training and the diffusers reference follow it."""
+    config = getattr(network, "config", None)
+    if not isinstance(config, dict) or "channel_mults" not in config:
+        return sizes
+    return replace(
+        sizes, model={key: config[key] for key in ("base_channels", "channel_mults", "num_res_blocks")}
     )

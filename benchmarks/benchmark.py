@@ -35,7 +35,7 @@ from bench_cases import (
     training_cases,
 )
 from bench_diffusers import DiffusersRows, diffusers_rows
-from bench_sizes import REPO, Sizes, full_sizes, quick_sizes
+from bench_sizes import REPO, Sizes, full_sizes, quick_sizes, with_network_of
 from bench_tables import evaluate_targets, markdown
 from bench_timing import Case, Timings, machine, round_robin, usable_cores
 
@@ -172,6 +172,7 @@ def main(argv=None) -> dict:
     print(f"benchmark ({'quick' if args.quick else 'full'}): {json.dumps(info)}", file=sys.stderr, flush=True)
 
     diffusion, weights = our_diffusion(sizes, default_checkpoint(args), device)
+    sizes = with_network_of(sizes, diffusion.model)
     reference, skipped = diffusers_or_why_not(args, sizes, device)
     with tempfile.TemporaryDirectory(prefix="benchmark-train-") as workdir:
         work = Work(

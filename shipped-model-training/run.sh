@@ -22,8 +22,8 @@ threads="${THREADS:-1}"
 # bfloat16 halves a step on CPUs with bf16 units (AMX, avx512_bf16) and on GPUs, but is ten times
 # slower on one without (an AVX2-only AMD EPYC here): PRECISION=float32 there.
 precision="${PRECISION:-bfloat16}"
-steps="${STEPS:-60000}"
-cooldown="${COOLDOWN:-0}"
+steps="${STEPS:-24000}"
+cooldown="${COOLDOWN:-7000}"
 exec .venv/bin/snakemake --cores "$threads" --rerun-incomplete results/train/best_model.pt \
   --config checkpoint=train threads="$threads" 'data={source: mnist}' 'model={channel_mults: [1, 2, 3]}' \
   "train={steps: $steps, cooldown_steps: $cooldown, batch_size: 128, ema_decay: 0.9995, val_every: 500, val_size: 1000, save_every: 250, precision: $precision}"

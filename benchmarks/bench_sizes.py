@@ -7,7 +7,11 @@ from pathlib import Path
 
 import yaml
 
+from diffusion_diagnostics.unet import UNet
+
 REPO = Path(__file__).resolve().parents[1]
+# Our UNet's constructor arguments that decide its layout (and the diffusers reference's).
+LAYOUT_KEYS = ("base_channels", "channel_mults", "num_res_blocks")
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ def full_sizes() -> Sizes:
     grid, loss, training = config["interpolation"], config["timestep_loss"], config["train"]
     timesteps = config["diffusion"]["timesteps"]
     return Sizes(
-        model={key: config["model"][key] for key in ("base_channels", "channel_mults", "num_res_blocks")},
+        model={key: config["model"][key] for key in LAYOUT_KEYS},
         diffusion={key: config["diffusion"][key] for key in ("timesteps", "beta_start", "beta_end")},
         rows=grid["n"],
         columns=grid["steps"],
@@ -95,9 +99,6 @@ def quick_sizes() -> Sizes:
 def with_network_of(sizes: Sizes, network) -> Sizes:
     """The sizes with the network of a checkpoint that is this package's UNet, which may be laid
     out otherwise than the config's defaults: training and the diffusers reference follow it."""
-    config = getattr(network, "config", None)
-    if not isinstance(config, dict) or "channel_mults" not in config:
+    if not isinstance(network, UNet):
         return sizes
-    return replace(
-        sizes, model={key: config[key] for key in ("base_channels", "channel_mults", "num_res_blocks")}
-    )
+    return replace(sizes, model={key: network.config[key] for key in LAYOUT_KEYS})

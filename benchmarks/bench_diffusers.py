@@ -297,7 +297,7 @@ def diffusers_rows(sizes: Sizes, device: torch.device) -> DiffusersRows:
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
     ddim_timesteps = trailing_timesteps(sizes.timesteps, forwards["ddim"])
     free_unet = fixed_output_unet(diffusers, shape, device)
-    free = DiffusionProcess(DiffusersUNet(free_unet), **diffusion.schedule_config()).to(device).eval()
+    free = DiffusionProcess(DiffusersUNet(free_unet), config=diffusion.config).to(device).eval()
     free_pipelines = pipelines(diffusers, free_unet, sizes, device)
     return DiffusersRows(
         version=diffusers.__version__,

@@ -100,6 +100,7 @@ def test_every_kind_of_source_is_described_from_its_small_files(tmp_path):
     (folder / "scheduler_config.json").write_text(
         '{"num_train_timesteps": 50, "variance_type": "fixed_large_log"}'
     )
+    (folder / "config.json").write_text('{"_class_name": "UNet2DModel"}')
     assert describe_source(str(folder), DEFAULT_PROCESS) == (
         f"diffusers folder {folder} (flat layout), linear β 0.0001 → 0.02, T = 50, epsilon, fixed_large"
     )
@@ -108,5 +109,7 @@ def test_every_kind_of_source_is_described_from_its_small_files(tmp_path):
         "own network own_network:build with weights w.pt, "
         "linear β 0.0001 → 0.02, T = 1000, sample, fixed_small"
     )
+    (folder / "config.json").unlink()
+    assert describe_source(str(folder), DEFAULT_PROCESS) == f"diffusers folder {folder} (unknown layout)"
     assert "hf:owner/name" in describe_source("hf:owner/name", DEFAULT_PROCESS)
     assert hub_folder_name("hf:owner/name@v2") == "owner--name--v2"

@@ -226,7 +226,7 @@ def test_old_scheduler_config_takes_diffusers_defaults(flat_folder):
     diffusion, info = load_model(flat_folder)
 
     assert info["scheduler"] == "DDPMScheduler"
-    assert (diffusion.timesteps, diffusion.beta_start, diffusion.beta_end) == (40, 0.001, 0.03)
+    assert (diffusion.timesteps, diffusion.config.beta_start, diffusion.config.beta_end) == (40, 0.001, 0.03)
     assert diffusion.prediction_type == defaults["prediction_type"]
     assert diffusion.variance_type == defaults["variance_type"]
     assert diffusion.clip_sample == defaults["clip_sample"]
@@ -289,7 +289,7 @@ def test_entry_point_builds_the_users_network_with_its_weights(tmp_path, suffix)
     with torch.no_grad():
         torch.testing.assert_close(diffusion.model(x, t), network(x, t))
     assert diffusion.sample_shape == (1, 8, 8) and not diffusion.training
-    assert (diffusion.timesteps, diffusion.beta_schedule) == (20, "squaredcos_cap_v2")
+    assert (diffusion.timesteps, diffusion.config.beta_schedule) == (20, "squaredcos_cap_v2")
     assert (diffusion.prediction_type, diffusion.variance_type) == ("v_prediction", "fixed_large")
     assert info["source"] == "entry_point" and info["entry_point"] == "own_network:build"
     assert (info["timestep_spacing"], info["steps_offset"]) == ("leading", 1)

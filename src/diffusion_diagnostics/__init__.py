@@ -1,37 +1,44 @@
 """Diagnostics for a diffusion model of MNIST digits, ours or one made elsewhere: the loss across
-diffusion and the likelihood bound, noise-space interpolation, and sample quality as numbers."""
+diffusion and the likelihood bound, noise-space interpolation, and sample quality as numbers.
 
-from .analysis import per_timestep_loss, timestep_loss_statistics
-from .checkpoint import load_checkpoint, save_checkpoint
-from .decoding import interpolation_grid
-from .diffusion import DiffusionProcess, SamplingOptions
-from .errors import DiagnosticsError
-from .grids import save_grid
-from .interpolation import interpolate
-from .models import load_model
-from .original import (
-    ddim_sample_from_xt,
-    interpolate_noise_and_generate,
-    interpolate_noise_and_generate_ddim,
-    sample_from_xt,
-)
-from .unet import UNet
+The names below are imported when first used (PEP 562), so that the workflow's planner, which
+reads only the torch-free modules (sources, process_config, config), starts without torch.
+"""
 
-__all__ = [
-    "DiagnosticsError",
-    "DiffusionProcess",
-    "SamplingOptions",
-    "UNet",
-    "ddim_sample_from_xt",
-    "interpolate",
-    "interpolate_noise_and_generate",
-    "interpolate_noise_and_generate_ddim",
-    "interpolation_grid",
-    "load_checkpoint",
-    "load_model",
-    "per_timestep_loss",
-    "sample_from_xt",
-    "save_checkpoint",
-    "save_grid",
-    "timestep_loss_statistics",
-]
+from __future__ import annotations
+
+import importlib
+
+# Each public name and the module that defines it.
+_EXPORTS = {
+    "DiagnosticsError": "errors",
+    "DiffusionProcess": "diffusion",
+    "ProcessConfig": "process_config",
+    "SamplingOptions": "diffusion",
+    "UNet": "unet",
+    "ddim_sample_from_xt": "original",
+    "interpolate": "interpolation",
+    "interpolate_noise_and_generate": "original",
+    "interpolate_noise_and_generate_ddim": "original",
+    "interpolation_grid": "decoding",
+    "load_checkpoint": "checkpoint",
+    "load_model": "models",
+    "per_timestep_loss": "analysis",
+    "sample_from_xt": "original",
+    "save_checkpoint": "checkpoint",
+    "save_grid": "grids",
+    "timestep_loss_statistics": "analysis",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,20 +1,27 @@
 """The one checkpoint format: saved and loaded here and nowhere else.
 
 A checkpoint is a plain dict of tensors, numbers and strings, so it loads with
-``torch.load(weights_only=True)``: nothing in the file can run code.
+``torch.load(weights_only=True)``: nothing in the file can run code. The workflow's planner reads a
+checkpoint's process before any job runs, and without torch (:func:`read_process_config`); torch
+and the network are imported by the functions that need them.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError
-from .files import read_tagged_file, save_torch
-from .unet import UNet
+from .process_config import ProcessConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from .diffusion import DiffusionProcess
+    from .unet import UNet
 
 FORMAT = "diffusion-diagnostics-checkpoint"
 VERSION = 1
@@ -31,10 +38,13 @@ def save_checkpoint(
     training: dict | None = None,
     state_dict: dict | None = None,
 ) -> None:
-    """Write the network's constructor arguments, the schedule and the weights.
+    """Write the network's constructor arguments, the process and the weights.
 
-    ``state_dict`` defaults to the model's own; training passes its EMA weights here.
+    ``diffusion_config`` is the process as :meth:`ProcessConfig.to_dict` gives it (or any subset of
+    its keys); ``state_dict`` defaults to the model's own; training passes its EMA weights here.
     """
+    from .files import save_torch
+
     # In the default layout, whatever layout the network computes in (unet.py: channels-last).
     weights = {k: v.detach().cpu().contiguous() for k, v in (state_dict or model.state_dict()).items()}
     payload = {
@@ -57,8 +67,7 @@ def state_dict_mismatch(model: torch.nn.Module, state_dict: dict) -> str:
     shapes = [
         name
         for name, tensor in expected.items()
-        if name in state_dict
-        and (not isinstance(state_dict[name], torch.Tensor) or state_dict[name].shape != tensor.shape)
+        if name in state_dict and getattr(state_dict[name], "shape", None) != tensor.shape
     ]
     return "; ".join(
         f"{what}: {', '.join(names[:3])}{' …' if len(names) > 3 else ''}"
@@ -74,6 +83,12 @@ def load_checkpoint(
 
     Returns the process, in eval mode on ``device``, and the checkpoint's training metadata.
     """
+    import torch
+
+    from .diffusion import DiffusionProcess
+    from .files import read_tagged_file
+    from .unet import UNet
+
     path = Path(path)
     payload = read_tagged_file(path, FORMAT, VERSION, EXPECTED)
     try:
@@ -96,5 +111,33 @@ def load_checkpoint(
             "the model diverged while training, retrain it"
         )
     model.load_state_dict(state_dict)
-    diffusion = DiffusionProcess(model, **payload["diffusion_config"])
-    return diffusion.to(device).eval(), dict(payload.get("training", {}))
+    config = ProcessConfig.from_dict(payload["diffusion_config"], f"checkpoint {path}: diffusion_config")
+    return DiffusionProcess(model, config=config).to(device).eval(), dict(payload.get("training", {}))
+
+
+def read_process_config(path: str | os.PathLike) -> ProcessConfig | None:
+    """The process of a checkpoint file, read without torch and without running anything the file
+    names; None for a file that is not a readable checkpoint (the rule that loads it then says
+    what is wrong)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(member for member in archive.namelist() if member.endswith("/data.pkl"))
+            payload = _PlainDataUnpickler(archive.open(name)).load()
+        return ProcessConfig.from_dict(payload["diffusion_config"])
+    except Exception:  # noqa: BLE001 - not ours, or damaged: arbitrary bytes fail in arbitrary ways
+        return None
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Reads the plain values of a torch.save file: every tensor and torch object becomes None,
+    and nothing the file names is imported or run."""
+
+    def find_class(self, module, name):
+        return _nothing
+
+    def persistent_load(self, pid):
+        return None
+
+
+def _nothing(*args, **kwargs):
+    return None

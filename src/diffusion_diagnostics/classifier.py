@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import read_tagged_file, state_dict_mismatch
+from .checkpoint import state_dict_mismatch
 from .errors import DiagnosticsError
-from .files import save_torch
+from .files import read_tagged_file, save_torch
 from .runtime import model_device, progress_bar
 
 FORMAT = "diffusion-diagnostics-classifier"

@@ -20,13 +20,8 @@ from torch import nn
 
 from .errors import DiagnosticsError
 from .graphs import can_capture, replay_steps
+from .process_config import TIMESTEP_SPACINGS, VARIANCE_TYPES, ProcessConfig, one_of
 from .runtime import autocast_dtype, progress_bar
-from .sources import schedule_summary
-
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-VARIANCE_TYPES = ("fixed_small", "fixed_large")
-TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
 
 
 def extract(coefficients: torch.Tensor, t: torch.Tensor | int, ndim: int) -> torch.Tensor:
@@ -47,30 +42,19 @@ def at_step(values: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
     return values[i] if isinstance(i, int) else values.index_select(0, i)
 
 
-def _one_of(value: str, allowed: tuple[str, ...], what: str) -> str:
-    if value not in allowed:
-        raise DiagnosticsError(f"{what} '{value}' is not supported; use one of {', '.join(allowed)}")
-    return value
-
-
-def make_betas(
-    timesteps: int,
-    beta_start: float = 1e-4,
-    beta_end: float = 0.02,
-    beta_schedule: str = "linear",
-    trained_betas: list[float] | None = None,
-) -> torch.Tensor:
-    """β_1 … β_T in float64, as diffusers' schedulers define them (they compute in float32)."""
-    if trained_betas is not None:
-        betas = torch.tensor(list(trained_betas), dtype=torch.float64)
-        if betas.ndim != 1 or len(betas) != timesteps:
+def make_betas(config: ProcessConfig) -> torch.Tensor:
+    """β_1 … β_T of ``config`` in float64, as diffusers' schedulers define them (they compute in float32)."""
+    timesteps, start, end = config.timesteps, config.beta_start, config.beta_end
+    if config.trained_betas is not None:
+        betas = torch.tensor(config.trained_betas, dtype=torch.float64)
+        if len(betas) != timesteps:
             raise DiagnosticsError(
                 f"trained_betas holds {betas.numel()} values; the schedule has {timesteps} timesteps"
             )
-    elif _one_of(beta_schedule, BETA_SCHEDULES, "beta_schedule") == "linear":
-        betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
-    elif beta_schedule == "scaled_linear":
-        betas = torch.linspace(beta_start**0.5, beta_end**0.5, timesteps, dtype=torch.float64) ** 2
+    elif config.beta_schedule == "linear":
+        betas = torch.linspace(start, end, timesteps, dtype=torch.float64)
+    elif config.beta_schedule == "scaled_linear":
+        betas = torch.linspace(start**0.5, end**0.5, timesteps, dtype=torch.float64) ** 2
     else:
         # ᾱ(s) = cos²((s + 0.008) / 1.008 · π/2), β_t = 1 - ᾱ(t/T) / ᾱ((t-1)/T), capped at 0.999
         def alpha_bar(s: float) -> float:
@@ -102,7 +86,7 @@ def ddim_timesteps(
         raise DiagnosticsError(
             f"DDIM num_steps must be between 1 and the number of timesteps ({timesteps}), got {num_steps}"
         )
-    if _one_of(spacing, TIMESTEP_SPACINGS, "timestep_spacing") == "trailing":
+    if one_of(spacing, TIMESTEP_SPACINGS, "timestep_spacing") == "trailing":
         stride = timesteps / num_steps
         return [round(timesteps - i * stride) - 1 for i in range(num_steps)]
     if spacing == "leading":
@@ -150,8 +134,8 @@ class SamplingOptions:
     def __post_init__(self):
         autocast_dtype(self.precision)
         if self.variance_type is not None:
-            _one_of(self.variance_type, VARIANCE_TYPES, "variance_type")
-        _one_of(self.timestep_spacing, TIMESTEP_SPACINGS, "timestep_spacing")
+            one_of(self.variance_type, VARIANCE_TYPES, "variance_type")
+        one_of(self.timestep_spacing, TIMESTEP_SPACINGS, "timestep_spacing")
         if self.steps_offset < 0:
             raise DiagnosticsError(f"steps_offset must be at least 0, got {self.steps_offset}")
 
@@ -189,44 +173,30 @@ class DiffusionProcess(nn.Module):
 
     The network is called as ``model(x_t, t)`` with ``t`` an int64 tensor of shape ``(B,)``; what
     it returns is read according to ``prediction_type`` (ε, v or x_0) by :meth:`eps_and_x0`, the
-    one place that knows the parametrization. The arguments are diffusers' scheduler config keys
-    (``timesteps`` is its ``num_train_timesteps``); the defaults are a linear β schedule from 1e-4
-    to 0.02 over 1000 steps, ε-prediction and σ_t² = β̃_t. ``clip_sample`` is only the model's
-    default for the samplers' ``clip_x0`` (see :class:`SamplingOptions`). Schedule tensors are
-    buffers, so ``diffusion.to(device)`` moves them with the model.
+    one place that knows the parametrization. The process is a :class:`ProcessConfig`, given as
+    ``config`` or as its fields (positional or by name, the rest taking its defaults) and kept as
+    ``self.config``. Its ``clip_sample`` is only DDPM's default for ``clip_x0`` (see
+    :class:`SamplingOptions`). Schedule tensors are buffers, so ``diffusion.to(device)`` moves them
+    with the model.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        timesteps: int = 1000,
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
-        beta_schedule: str = "linear",
-        trained_betas: list[float] | None = None,
-        prediction_type: str = "epsilon",
-        variance_type: str = "fixed_small",
-        clip_sample: bool = True,
-        clip_sample_range: float = 1.0,
-        set_alpha_to_one: bool = True,
+        *settings,
+        config: ProcessConfig | None = None,
         sample_shape: tuple[int, ...] | None = None,
+        **named_settings,
     ):
         super().__init__()
+        if config is not None and (settings or named_settings):
+            raise TypeError("give the process either as config or as its fields, not both")
         self.model = model
-        self.timesteps = timesteps
-        self.beta_start = beta_start
-        self.beta_end = beta_end
-        self.beta_schedule = beta_schedule
-        self.trained_betas = None if trained_betas is None else [float(b) for b in trained_betas]
-        self.prediction_type = _one_of(prediction_type, PREDICTION_TYPES, "prediction_type")
-        self.variance_type = _one_of(variance_type, VARIANCE_TYPES, "variance_type")
-        self.clip_sample = bool(clip_sample)
-        self.clip_sample_range = float(clip_sample_range)
-        self.set_alpha_to_one = bool(set_alpha_to_one)
+        self.config = config if config is not None else ProcessConfig(*settings, **named_settings)
         self.sample_shape = tuple(sample_shape or getattr(model, "sample_shape", (1, 28, 28)))
 
         # Computed in float64 so that ᾱ_t near t = T keeps its digits, then stored as float32.
-        betas = make_betas(timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+        betas = make_betas(self.config)
         alphas = 1.0 - betas
         alphas_cumprod = torch.cumprod(alphas, dim=0)
         alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
@@ -252,11 +222,32 @@ class DiffusionProcess(nn.Module):
         # ᾱ after a DDIM step whose target lies before t = 0 (diffusers' final_alpha_cumprod).
         self.register_buffer(
             "final_alpha_cumprod",
-            torch.ones(()) if set_alpha_to_one else self.alphas_cumprod[0].clone(),
+            torch.ones(()) if self.config.set_alpha_to_one else self.alphas_cumprod[0].clone(),
             persistent=False,
         )
         # Views of this give per-step timestep tensors without allocating one per step.
-        self.register_buffer("timestep_ids", torch.arange(timesteps), persistent=False)
+        self.register_buffer("timestep_ids", torch.arange(self.timesteps), persistent=False)
+
+    # The process's settings that the samplers and analyses read; the rest are in self.config.
+    @property
+    def timesteps(self) -> int:
+        return self.config.timesteps
+
+    @property
+    def prediction_type(self) -> str:
+        return self.config.prediction_type
+
+    @property
+    def variance_type(self) -> str:
+        return self.config.variance_type
+
+    @property
+    def clip_sample(self) -> bool:
+        return self.config.clip_sample
+
+    @property
+    def clip_sample_range(self) -> float:
+        return self.config.clip_sample_range
 
     @property
     def device(self) -> torch.device:
@@ -268,33 +259,12 @@ class DiffusionProcess(nn.Module):
         return self.alphas_cumprod
 
     def schedule_config(self) -> dict:
-        """The constructor arguments that rebuild this schedule (a checkpoint stores them)."""
-        config = {
-            "timesteps": self.timesteps,
-            "beta_start": self.beta_start,
-            "beta_end": self.beta_end,
-            "beta_schedule": self.beta_schedule,
-            "prediction_type": self.prediction_type,
-            "variance_type": self.variance_type,
-            "clip_sample": self.clip_sample,
-            "clip_sample_range": self.clip_sample_range,
-            "set_alpha_to_one": self.set_alpha_to_one,
-        }
-        if self.trained_betas is not None:
-            config["trained_betas"] = list(self.trained_betas)
-        return config
+        """The process as plain values (:meth:`ProcessConfig.to_dict`): what a checkpoint stores."""
+        return self.config.to_dict()
 
     def describe(self) -> str:
         """One line for logs and captions: schedule, T, parametrization and variance."""
-        return schedule_summary(
-            self.timesteps,
-            self.beta_start,
-            self.beta_end,
-            self.beta_schedule,
-            self.prediction_type,
-            self.variance_type,
-            trained=self.trained_betas is not None,
-        )
+        return self.config.summary()
 
     # --- the parametrization ---------------------------------------------------------------
 

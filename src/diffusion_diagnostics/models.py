@@ -26,7 +26,6 @@ import pickle
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,7 +34,8 @@ from torch import nn
 from .checkpoint import load_checkpoint, state_dict_mismatch
 from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError, first_line
-from .sources import TRAIN, hub_folder_name, is_hub_id, parse_hub_id
+from .process_config import SAMPLING_KEYS, SCHEDULER_KEYS, ProcessConfig
+from .sources import TRAIN, DiffusersFolder, hub_folder_name, is_hub_id, locate_diffusers_folder, parse_hub_id
 
 INSTALL_EXTRA = 'pip install -e ".[diffusers]"'
 TRAIN_INSTEAD = f"set checkpoint: {TRAIN} to train a model with the workflow"
@@ -48,25 +48,6 @@ PIPELINES = ("DDPMPipeline", "DDIMPipeline")
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
 UNET_CLASS = "UNet2DModel"
 WEIGHTS_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-
-# diffusers' scheduler config keys that shape the process, and DiffusionProcess's name for each.
-PROCESS_KEYS = {
-    "num_train_timesteps": "timesteps",
-    "beta_start": "beta_start",
-    "beta_end": "beta_end",
-    "beta_schedule": "beta_schedule",
-    "trained_betas": "trained_betas",
-    "prediction_type": "prediction_type",
-    "variance_type": "variance_type",
-    "clip_sample": "clip_sample",
-    "clip_sample_range": "clip_sample_range",
-    "set_alpha_to_one": "set_alpha_to_one",
-}
-# Which timesteps an S-step DDIM run visits: options of each sampling call (SamplingOptions), not of
-# the process, so they travel in the info dict.
-SAMPLING_KEYS = ("timestep_spacing", "steps_offset")
-# diffusers keeps these two in log space for its learned-range interpolation; the variances are the same.
-LOG_VARIANCES = {"fixed_small_log": "fixed_small", "fixed_large_log": "fixed_large"}
 
 ENTRY_KEYS = ("entry_point", "weights", "kwargs", "sample_shape", "schedule")
 REQUIRED_ENTRY_KEYS = ("entry_point", "weights", "sample_shape")
@@ -131,41 +112,18 @@ def _import_extra(module: str, purpose: str):
         ) from None
 
 
-# --- the schedule, from diffusers' scheduler keys -----------------------------------------------
-
-
-def _refuse_unsupported_schedule(settings: Mapping, where: str) -> None:
-    """Settings that change the sampler in ways this package does not implement."""
-    if settings.get("thresholding"):
-        raise DiagnosticsError(
-            f"{where}: thresholding: true (dynamic thresholding of x̂_0) is not supported; the samplers "
-            "here clip x̂_0 to clip_sample_range instead: set thresholding to false in a copy of the "
-            "folder to analyse the model that way"
-        )
-    if settings.get("rescale_betas_zero_snr"):
-        raise DiagnosticsError(
-            f"{where}: rescale_betas_zero_snr: true is not supported (its last ᾱ is 0, which the "
-            "parametrizations here divide by); analyse a model trained on an unrescaled schedule"
-        )
-    variance_type = settings.get("variance_type")
-    if variance_type in ("learned", "learned_range"):
-        raise DiagnosticsError(
-            f"{where}: variance_type: {variance_type} is not supported (the network predicts its own "
-            "variance, which the samplers here do not read); analyse a model with fixed_small or fixed_large"
-        )
+# --- the process, from diffusers' scheduler keys -------------------------------------------------
 
 
 def _diffusion_process(
     network: nn.Module, settings: Mapping, sample_shape: tuple[int, ...], where: str
 ) -> DiffusionProcess:
     """The process of ``network`` with the schedule that diffusers' scheduler keys describe; keys
-    left out take DiffusionProcess's defaults. Every refusal names ``where``."""
-    _refuse_unsupported_schedule(settings, where)
-    arguments = {PROCESS_KEYS[key]: value for key, value in settings.items() if key in PROCESS_KEYS}
-    if "variance_type" in arguments:
-        arguments["variance_type"] = LOG_VARIANCES.get(arguments["variance_type"], arguments["variance_type"])
+    left out take ProcessConfig's defaults. Every refusal names ``where``."""
+    config = ProcessConfig.from_scheduler_config(settings, where)
     try:
-        return DiffusionProcess(network, **arguments, sample_shape=sample_shape)
+        return DiffusionProcess(network, config=config, sample_shape=sample_shape)
+    # The schedule's βs, computed there from values of the right types.
     except DiagnosticsError as error:
         raise DiagnosticsError(f"{where}: {error}") from None
     except (TypeError, ValueError, RuntimeError) as error:
@@ -173,16 +131,6 @@ def _diffusion_process(
 
 
 # --- diffusers folders --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DiffusersFolder:
-    """Where a diffusers folder keeps its UNet (config.json and weights) and its scheduler config."""
-
-    path: Path
-    layout: str
-    unet: Path
-    scheduler_config: Path
 
 
 class DiffusersUNet(nn.Module):
@@ -225,18 +173,19 @@ def load_diffusers_folder(
 
 
 def find_diffusers_folder(path: Path) -> DiffusersFolder:
-    """Which of the two layouts ``path`` has; anything else is one line saying what was expected."""
-    index = path / "model_index.json"
-    if index.is_file():
+    """Which of the two layouts ``path`` has (.sources.locate_diffusers_folder); anything else is
+    one line saying what was expected."""
+    folder = locate_diffusers_folder(path)
+    if folder is None:
+        raise DiagnosticsError(
+            f"model folder {path}: neither a diffusers pipeline folder (model_index.json, unet/, scheduler/) "
+            "nor a flat one (config.json, its weights and scheduler_config.json side by side); point "
+            "checkpoint: at one of those, at a checkpoint file or at hf:owner/name"
+        )
+    if folder.layout == "pipeline":
+        index = path / "model_index.json"
         _check_pipeline(_read_json(index, "the pipeline's index"), index)
-        return DiffusersFolder(path, "pipeline", path / "unet", path / "scheduler" / "scheduler_config.json")
-    if (path / "config.json").is_file() and (path / "scheduler_config.json").is_file():
-        return DiffusersFolder(path, "flat", path, path / "scheduler_config.json")
-    raise DiagnosticsError(
-        f"model folder {path}: neither a diffusers pipeline folder (model_index.json, unet/, scheduler/) "
-        "nor a flat one (config.json, its weights and scheduler_config.json side by side); point "
-        "checkpoint: at one of those, at a checkpoint file or at hf:owner/name"
-    )
+    return folder
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -450,7 +399,7 @@ def load_entry_point(spec: Mapping, device: torch.device | str = "cpu") -> tuple
          "sample_shape": [C, H, W],
          "schedule": {...}}                           # optional, diffusers' scheduler keys
 
-    Schedule keys left out take DiffusionProcess's defaults, so diffusers need not be installed.
+    Schedule keys left out take ProcessConfig's defaults, so diffusers need not be installed.
     """
     entry = _checked_entry(spec)
     entry_point = entry["entry_point"]
@@ -497,11 +446,11 @@ def _checked_entry(spec: Mapping) -> Mapping:
     for key in ("kwargs", "schedule"):
         if not isinstance(spec.get(key) or {}, Mapping):
             raise DiagnosticsError(f"{where}: {key} should be a mapping, got {spec[key]!r}")
-    unknown = sorted(set(spec.get("schedule") or {}) - set(PROCESS_KEYS) - set(SAMPLING_KEYS))
+    unknown = sorted(set(spec.get("schedule") or {}) - set(SCHEDULER_KEYS) - set(SAMPLING_KEYS))
     if unknown:
         raise DiagnosticsError(
             f"{where}: schedule key {', '.join(unknown)} is not read; it takes diffusers' scheduler keys "
-            f"{', '.join([*PROCESS_KEYS, *SAMPLING_KEYS])}"
+            f"{', '.join([*SCHEDULER_KEYS, *SAMPLING_KEYS])}"
         )
     return spec
 

@@ -9,13 +9,14 @@ diffusers folder), ``hf:owner/name[@revision]`` (a Hugging Face Hub repository) 
 from __future__ import annotations
 
 import json
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoint import read_process_config
 from .errors import DiagnosticsError
+from .process_config import ProcessConfig
 
 TRAIN = "train"
 HUB_PREFIX = "hf:"
@@ -23,15 +24,29 @@ HUB_PREFIX = "hf:"
 HUB_ID = re.compile(
     r"hf:(?P<owner>[A-Za-z0-9_.-]{1,96})/(?P<name>[A-Za-z0-9_.-]{1,96})(?:@(?P<revision>[A-Za-z0-9_./-]+))?"
 )
-# What diffusers' DDPMScheduler and DDIMScheduler take when a config leaves a key out.
-SCHEDULER_DEFAULTS = {
-    "num_train_timesteps": 1000,
-    "beta_start": 1e-4,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "prediction_type": "epsilon",
-    "variance_type": "fixed_small",
-}
+
+
+@dataclass(frozen=True)
+class DiffusersFolder:
+    """Where a folder written by diffusers' ``save_pretrained`` keeps its UNet (config.json and
+    weights) and its scheduler config, in either layout."""
+
+    path: Path
+    layout: str
+    unet: Path
+    scheduler_config: Path
+
+
+def locate_diffusers_folder(path: Path) -> DiffusersFolder | None:
+    """The layout of a diffusers folder: ``pipeline`` (``model_index.json``, ``unet/``,
+    ``scheduler/``), ``flat`` (``config.json`` and ``scheduler_config.json`` side by side, as many
+    hub repositories are) or None for neither. Only file names are looked at: reading the files is
+    the loader's (.models)."""
+    if (path / "model_index.json").is_file():
+        return DiffusersFolder(path, "pipeline", path / "unet", path / "scheduler" / "scheduler_config.json")
+    if (path / "config.json").is_file() and (path / "scheduler_config.json").is_file():
+        return DiffusersFolder(path, "flat", path, path / "scheduler_config.json")
+    return None
 
 
 def is_hub_id(source) -> bool:
@@ -57,25 +72,6 @@ def hub_folder_name(hub_id: str) -> str:
     return f"{name}--{revision.replace('/', '-')}" if revision else name
 
 
-def schedule_summary(
-    timesteps: int,
-    beta_start: float,
-    beta_end: float,
-    beta_schedule: str,
-    prediction_type: str,
-    variance_type: str,
-    trained: bool = False,
-) -> str:
-    """ "linear β 0.0001 → 0.02, T = 1000, epsilon, fixed_small": a process in one line."""
-    if trained:
-        schedule = "trained betas"
-    elif beta_schedule == "squaredcos_cap_v2":
-        schedule = "squaredcos_cap_v2 β"  # the cosine schedule: its βs do not depend on the two
-    else:
-        schedule = f"{beta_schedule} β {beta_start:g} → {beta_end:g}"
-    return f"{schedule}, T = {timesteps}, {prediction_type}, {variance_type}"
-
-
 def describe_source(source: str | Mapping, diffusion_settings: Mapping) -> str:
     """One line saying what kind of model ``source`` is and its process, from the config and the
     small files beside the weights; ``diffusion_settings`` is what a trained model learns.
@@ -84,77 +80,40 @@ def describe_source(source: str | Mapping, diffusion_settings: Mapping) -> str:
     workflow has been planned, and the description must not change from one run to the next.
     """
     if isinstance(source, Mapping):
-        settings = {**SCHEDULER_DEFAULTS, **source.get("schedule", {})}
-        return f"own network {source['entry_point']} with weights {source['weights']}, {_summary(settings)}"
+        schedule = source.get("schedule") or {}
+        process = _summary(lambda: ProcessConfig.from_scheduler_config(schedule, "schedule"))
+        return f"own network {source['entry_point']} with weights {source['weights']}, {process}"
     if source == TRAIN:
-        settings = dict(diffusion_settings)
-        return f"trained by the workflow, {schedule_summary(**settings)}"
+        return f"trained by the workflow, {_summary(lambda: ProcessConfig.from_dict(diffusion_settings))}"
     if is_hub_id(source):
         return f"diffusers model {source} from the Hugging Face Hub (its process: results' model.json)"
     path = Path(source)
     if path.is_dir():
-        layout, config = _diffusers_scheduler_config(path)
-        return f"diffusers folder {path} ({layout} layout), {_summary({**SCHEDULER_DEFAULTS, **config})}"
-    settings = _checkpoint_diffusion_config(path)
-    return f"checkpoint {path}" + (f", {schedule_summary(**settings)}" if settings else "")
+        folder = locate_diffusers_folder(path)
+        if folder is None:
+            return f"diffusers folder {path} (unknown layout)"
+        scheduler = folder.scheduler_config
+        process = _summary(lambda: ProcessConfig.from_scheduler_config(_read_json(scheduler), "scheduler"))
+        return f"diffusers folder {path} ({folder.layout} layout), {process}"
+    config = read_process_config(path)
+    return f"checkpoint {path}" + (f", {config.summary()}" if config else "")
 
 
-def _summary(scheduler_config: Mapping) -> str:
-    return schedule_summary(
-        scheduler_config["num_train_timesteps"],
-        scheduler_config["beta_start"],
-        scheduler_config["beta_end"],
-        scheduler_config["beta_schedule"],
-        scheduler_config["prediction_type"],
-        # diffusers keeps fixed_small_log in log space for its interpolation: the same variance.
-        str(scheduler_config["variance_type"]).removesuffix("_log"),
-        trained=scheduler_config.get("trained_betas") is not None,
-    )
-
-
-def _diffusers_scheduler_config(folder: Path) -> tuple[str, dict]:
-    for layout, path in (("pipeline", folder / "scheduler" / "scheduler_config.json"),
-                         ("flat", folder / "scheduler_config.json")):  # fmt: skip
-        if path.is_file():
-            try:
-                return layout, json.loads(path.read_text())
-            except (OSError, ValueError) as error:
-                raise DiagnosticsError(f"model {path}: not a readable JSON file ({error})") from None
-    return "unknown", {}
-
-
-class _PlainDataUnpickler(pickle.Unpickler):
-    """Reads the plain values of a torch.save file without torch: every tensor and torch object
-    becomes None, and nothing the file names is imported or run."""
-
-    def find_class(self, module, name):
-        return _nothing
-
-    def persistent_load(self, pid):
-        return None
-
-
-def _nothing(*args, **kwargs):
-    return None
-
-
-def _checkpoint_diffusion_config(path: Path) -> dict | None:
-    """The process of this package's checkpoint file, its defaults filled in (DiffusionProcess's);
-    None for a file that is not one (the rule that loads it then says what is wrong)."""
-    defaults = {
-        "timesteps": 1000,
-        "beta_start": 1e-4,
-        "beta_end": 0.02,
-        "beta_schedule": "linear",
-        "prediction_type": "epsilon",
-        "variance_type": "fixed_small",
-    }
+def _summary(read_process) -> str:
+    """The one line of the process ``read_process()`` gives; for files or settings that are not a
+    process, a line saying so: planning goes on, and the first rule that loads the model stops
+    with the reason."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            name = next(member for member in archive.namelist() if member.endswith("/data.pkl"))
-            payload = _PlainDataUnpickler(archive.open(name)).load()
-        given = payload["diffusion_config"]
-    except Exception:  # noqa: BLE001 - not ours, or damaged: arbitrary bytes fail in arbitrary ways
-        return None
-    settings = {key: given.get(key, value) for key, value in defaults.items()}
-    return {**settings, "trained": given.get("trained_betas") is not None}
+        return read_process().summary()
+    except DiagnosticsError:
+        return "a process the model rules refuse (describe_model's log says why)"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise DiagnosticsError(f"{path}: not a readable JSON file ({error})") from None
+    if not isinstance(content, dict):
+        raise DiagnosticsError(f"{path}: holds a JSON {type(content).__name__}, not an object")
+    return content

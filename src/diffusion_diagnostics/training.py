@@ -194,7 +194,7 @@ class TrainingRun:
 
     def ema_diffusion(self) -> DiffusionProcess:
         """The EMA network with this run's schedule, for validation and the saved model."""
-        return DiffusionProcess(self.ema.model, **self.diffusion.schedule_config()).to(self.diffusion.device)
+        return DiffusionProcess(self.ema.model, config=self.diffusion.config).to(self.diffusion.device)
 
     def state_dict(self) -> dict:
         return {

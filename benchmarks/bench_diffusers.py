@@ -31,7 +31,7 @@ from bench_sizes import Sizes
 from bench_timing import Case, Timings, flops_of, paired_seconds
 from torch import nn
 
-from diffusion_diagnostics import DiffusionProcess
+from diffusion_diagnostics import DiffusionProcess, SamplingOptions
 from diffusion_diagnostics.diffusion import trailing_timesteps
 from diffusion_diagnostics.models import DiffusersUNet, load_model
 
@@ -160,8 +160,10 @@ def ours_run(
     randn_tensor, diffusion: DiffusionProcess, sampler: str, steps: int, sizes: Sizes, device: torch.device
 ) -> Callable:
     """Our sampler from the pipeline's noise: x_T by the pipeline's own call, and for DDPM the step
-    noise from the same generator after it; returns the images, clamped as the pipeline's, and x_T."""
+    noise from the same generator after it; returns the images, clamped as the pipeline's, and x_T.
+    DDIM clips x̂_0 as the pipeline's scheduler does (clip_sample), which ours does only when asked."""
     shape = (sizes.images, *diffusion.sample_shape)
+    as_the_pipeline = SamplingOptions(clip_x0=diffusion.clip_sample)
 
     def run():
         generator = torch.Generator(device).manual_seed(NOISE_SEED)
@@ -169,7 +171,7 @@ def ours_run(
         if sampler == "ddpm":
             images = diffusion.sample(x_T, generator=generator)
         else:
-            images = diffusion.sample_ddim(x_T, steps)
+            images = diffusion.sample_ddim(x_T, steps, options=as_the_pipeline)
         return images.clamp(-1, 1), x_T
 
     return run

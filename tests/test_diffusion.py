@@ -301,14 +301,16 @@ class KnownEps(nn.Module):
 @pytest.mark.parametrize("eta", [0.0, 0.7, 1.0])
 def test_ddim_step_is_eq12(t, t_prev, eta, clip):
     T = 100
-    diffusion = DiffusionProcess(KnownEps(), T, clip_sample=clip)
+    diffusion = DiffusionProcess(KnownEps(), T)
     ref = reference_schedule(T, 1e-4, 0.02)
     x_t = 1.5 * torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     ab = ref["alpha_bars"][t]
     ap = 1.0 if t_prev is None else ref["alpha_bars"][t_prev]
     alpha_bar_prev = torch.ones(()) if t_prev is None else diffusion.alpha_bars[t_prev]
 
-    out = diffusion.ddim_step(x_t, t, alpha_bar_prev, eta, generator=torch.Generator().manual_seed(7))
+    out = diffusion.ddim_step(
+        x_t, t, alpha_bar_prev, eta, generator=torch.Generator().manual_seed(7), clip_x0=clip
+    )
 
     x = x_t.double()
     eps = 0.4 * x + 0.01 * t - 0.3
@@ -324,7 +326,9 @@ def test_ddim_step_is_eq12(t, t_prev, eta, clip):
     if clip:
         assert (x0.abs() == 1).any(), "the test should exercise clipping"
     if eta > 0 and t_prev is not None:
-        other = diffusion.ddim_step(x_t, t, alpha_bar_prev, eta, generator=torch.Generator().manual_seed(8))
+        other = diffusion.ddim_step(
+            x_t, t, alpha_bar_prev, eta, generator=torch.Generator().manual_seed(8), clip_x0=clip
+        )
         assert not torch.allclose(out, other), "the noise must come from the given generator"
 
 

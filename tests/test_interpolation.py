@@ -116,8 +116,15 @@ def test_interpolate_rejects_bad_input(z1_shape, steps, method, match):
 
 
 def test_interpolation_grid_shapes_and_range(diffusion):
+    """DDPM clips x̂_0 as the model's clip_sample (true here) says, DDIM only when asked: the last
+    step returns x̂_0, so a clipped grid stays in [-1, 1] and this tiny random network's unclipped
+    one does not."""
     z0, z1 = endpoints(2, (1, 28, 28))
-    for sampler in ("ddpm", "ddim"):
+    for sampler, options, clipped in (
+        ("ddpm", None, True),
+        ("ddim", None, False),
+        ("ddim", SamplingOptions(clip_x0=True), True),
+    ):
         images = interpolation_grid(
             diffusion,
             z0,
@@ -127,9 +134,10 @@ def test_interpolation_grid_shapes_and_range(diffusion):
             ddim_steps=5,
             generator=torch.Generator().manual_seed(0),
             progress=False,
+            options=options,
         )
         assert images.shape == (2, 3, 1, 28, 28)
-        assert images.abs().max() <= 1.0  # clip_x0: the last step returns the clipped x̂_0
+        assert (images.abs().max() <= 1.0) == clipped, sampler
         assert images.std() > 0
 
 

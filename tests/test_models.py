@@ -161,8 +161,14 @@ def test_a_unet_without_sample_size_is_refused(tmp_path):
 @pytest.mark.parametrize(("spacing", "offset"), [("trailing", 0), ("leading", 1)])
 def test_ddim_sample_equals_diffusers_ddim(tmp_path, spacing, offset, prediction_type):
     unet = diffusers_unet()
+    # Our DDIM clips x̂_0 only when asked, diffusers' as its config says: both ways, asked alike.
+    clip = prediction_type == "v_prediction"
     scheduler = diffusers.DDIMScheduler(
-        num_train_timesteps=T, timestep_spacing=spacing, steps_offset=offset, prediction_type=prediction_type
+        num_train_timesteps=T,
+        timestep_spacing=spacing,
+        steps_offset=offset,
+        prediction_type=prediction_type,
+        clip_sample=clip,
     )
     folder = save_folder(tmp_path / "model", "pipeline", unet, scheduler)
     diffusion, info = load_model(folder)
@@ -174,7 +180,9 @@ def test_ddim_sample_equals_diffusers_ddim(tmp_path, spacing, offset, prediction
     x_T = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(3))
 
     ours = diffusion.sample_ddim(
-        x_T, num_steps=10, options=SamplingOptions(timestep_spacing=spacing, steps_offset=offset)
+        x_T,
+        num_steps=10,
+        options=SamplingOptions(clip_x0=clip, timestep_spacing=spacing, steps_offset=offset),
     )
 
     torch.testing.assert_close(ours, diffusers_ddim(unet, scheduler, x_T, 10), rtol=0, atol=1e-5)

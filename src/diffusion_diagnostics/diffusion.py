@@ -113,7 +113,9 @@ class SamplingOptions:
     """How a sampler runs, given per call; none of it is stored on the model.
 
     - ``clip_x0``: hold each step's x̂_0 to [-r, r] (diffusers' ``clip_sample``, r its
-      ``clip_sample_range``); None takes the model's own default (its scheduler config's).
+      ``clip_sample_range``). None, the default: DDPM clips as the model's own ``clip_sample``
+      says (its scheduler config's), DDIM does not clip, since clipping breaks DDIM's map
+      (docs/metrics.md, DDIM fidelity); DDIM inversion never clips.
     - ``variance_type``: DDPM's σ_t², ``fixed_small`` (β̃_t) or ``fixed_large`` (β_t); None takes
       the model's own.
     - ``precision``: ``float32``, or ``bfloat16`` for the network's forward passes under autocast
@@ -333,8 +335,14 @@ class DiffusionProcess(nn.Module):
             x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
         return eps, x0
 
-    def _clips(self, options: SamplingOptions) -> bool:
-        return self.clip_sample if options.clip_x0 is None else options.clip_x0
+    # Whether x̂_0 is clipped, for clip_x0 as SamplingOptions holds it: DDPM as the model's
+    # scheduler does, DDIM only when asked.
+    def _ddpm_clips(self, clip_x0: bool | None) -> bool:
+        return self.clip_sample if clip_x0 is None else clip_x0
+
+    @staticmethod
+    def _ddim_clips(clip_x0: bool | None) -> bool:
+        return bool(clip_x0)
 
     def _run_steps(
         self,
@@ -405,7 +413,7 @@ class DiffusionProcess(nn.Module):
         ``shared_noise`` images get the same noise z (see :meth:`sample`). ``t``: an int or a
         one-element tensor; ``clip_x0`` and ``variance_type`` None: the model's own.
         """
-        clip = self.clip_sample if clip_x0 is None else clip_x0
+        clip = self._ddpm_clips(clip_x0)
         variance = variance_type or self.variance_type
         _, x0 = self._denoise(x_t, t, clip, autocast, watch)
         # One t for the batch: the schedule values are looked up once, nothing is synced per step.
@@ -452,7 +460,7 @@ class DiffusionProcess(nn.Module):
         x = x_T.to(self.device)
         watch = NonFiniteWatch(x.device)
         descending = self.timestep_ids.flip(0)
-        clip, autocast = self._clips(options), autocast_dtype(options.precision)
+        clip, autocast = self._ddpm_clips(options.clip_x0), autocast_dtype(options.precision)
 
         def step(x: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
             t = self.timesteps - 1 - i if isinstance(i, int) else at_step(descending, i)
@@ -521,8 +529,7 @@ class DiffusionProcess(nn.Module):
     ) -> torch.Tensor:
         """One generalised step x_t -> x_{t_prev} with σ controlled by η.              (DDIM eq. 12)"""
         coefficients = self.ddim_coefficients(self.alphas_cumprod[t], alpha_bar_prev, eta)
-        clip = self.clip_sample if clip_x0 is None else clip_x0
-        return self._ddim_update(x_t, t, coefficients, eta, generator, watch, clip, None)
+        return self._ddim_update(x_t, t, coefficients, eta, generator, watch, self._ddim_clips(clip_x0), None)
 
     @torch.inference_mode()
     def sample_ddim(
@@ -547,7 +554,7 @@ class DiffusionProcess(nn.Module):
         coefficients = self.ddim_coefficients(self.alphas_cumprod[steps], alpha_bar_prev, eta)
         steps_on_device = torch.tensor(steps, device=self.device)
         watch = NonFiniteWatch(x.device)
-        clip, autocast = self._clips(options), autocast_dtype(options.precision)
+        clip, autocast = self._ddim_clips(options.clip_x0), autocast_dtype(options.precision)
 
         def step(x: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
             t = steps[i] if isinstance(i, int) else at_step(steps_on_device, i)

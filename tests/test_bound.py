@@ -23,10 +23,11 @@ import torch
 from torch import nn
 
 from diffusion_diagnostics import DiagnosticsError, DiffusionProcess, timestep_loss_statistics
-from diffusion_diagnostics.analysis import exact_bound, timestep_loss_table
+from diffusion_diagnostics.analysis import timestep_loss_table
 from diffusion_diagnostics.bound import (
     decoder_nll_bpd,
     discretized_gaussian_log_likelihood,
+    exact_bound,
     kl_term_bpd,
     prior_bpd,
 )
@@ -409,18 +410,15 @@ def test_a_variance_type_the_bound_does_not_cover_is_an_error():
 def test_csv_json_and_log_snr_figure(tmp_path):
     from PIL import Image
 
-    from diffusion_diagnostics.analysis import (
-        read_timestep_loss_csv,
-        write_bound_json,
-        write_timestep_loss_csv,
-    )
+    from diffusion_diagnostics.analysis import write_timestep_loss_csv
+    from diffusion_diagnostics.files import read_csv, write_json
     from diffusion_diagnostics.plots import plot_timestep_loss_snr, timestep_loss_snr_figure
 
     diffusion = make_diffusion(SmallNet())
     table = timestep_loss_table(diffusion, list(random_8bit_images(80, seed=2).split(40)), buckets=5)
     write_timestep_loss_csv(table, tmp_path / "loss.csv")
-    write_bound_json({**table.bound.summary(), "split": "heldout"}, tmp_path / "nll.json")
-    rows = read_timestep_loss_csv(tmp_path / "loss.csv")
+    write_json({**table.bound.summary(), "split": "heldout"}, tmp_path / "nll.json")
+    rows = read_csv(tmp_path / "loss.csv")
     assert [float(row["vb_share"]) for row in rows] == pytest.approx(table.vb_share.tolist())
     bound = json.loads((tmp_path / "nll.json").read_text())
     assert set(bound) >= {

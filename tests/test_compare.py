@@ -6,8 +6,9 @@ import csv
 
 import pytest
 
-from diffusion_diagnostics.analysis import combine_timestep_loss_csvs, write_timestep_loss_comparison_csv
+from diffusion_diagnostics.analysis import combine_timestep_loss_csvs
 from diffusion_diagnostics.errors import DiagnosticsError
+from diffusion_diagnostics.files import write_csv
 from diffusion_diagnostics.plots import plot_timestep_loss_comparison, timestep_loss_comparison_figure
 
 
@@ -46,7 +47,7 @@ def test_combined_rows_keep_model_order_and_values(tmp_path):
         ("a", "0.125"),
         ("a", "0.0625"),
     ]
-    write_timestep_loss_comparison_csv(rows, tmp_path / "compare.csv")
+    write_csv(rows, tmp_path / "compare.csv")
     assert read_csv(tmp_path / "compare.csv") == rows
 
 

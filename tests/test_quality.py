@@ -17,7 +17,7 @@ from torch import nn
 from diffusion_diagnostics import DiagnosticsError, DiffusionProcess, quality
 from diffusion_diagnostics.classifier import DigitClassifier
 from diffusion_diagnostics.diffusion import SamplingOptions
-from diffusion_diagnostics.files import write_csv
+from diffusion_diagnostics.files import write_csv, write_json
 from diffusion_diagnostics.plots import (
     ddim_fidelity_figure,
     interpolation_metrics_figure,
@@ -37,7 +37,6 @@ from diffusion_diagnostics.quality import (
     judge_images,
     precision_recall_density_coverage,
     sample_quality_rows,
-    write_quality_json,
 )
 from diffusion_diagnostics.unet import UNet
 
@@ -434,7 +433,7 @@ def test_quality_csv_and_json(classifier, tmp_path):
     assert all(table[-1][metric] == "" for metric in ("frechet_distance", *NEIGHBOUR_METRICS))
     assert float(table[0]["recall"]) == rows[0]["recall"]
     assert float(table[0]["frechet_distance"]) == pytest.approx(rows[0]["frechet_distance"])
-    write_quality_json(rows, tmp_path / "quality.json", checkpoint="model.pt", seed=0)
+    write_json({"checkpoint": "model.pt", "seed": 0, "rows": rows}, tmp_path / "quality.json")
     document = json.loads((tmp_path / "quality.json").read_text())
     assert document == {"checkpoint": "model.pt", "seed": 0, "rows": rows}
 

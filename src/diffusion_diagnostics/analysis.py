@@ -1,41 +1,41 @@
-"""How well the model denoises at each stage of diffusion, and its likelihood bound.
+"""How well the model denoises at each stage of diffusion.
 
 Per timestep bucket, from the same forward passes: the ε-MSE the original utility measures, the
-x̂_0- and v-MSE, the bucket's log-SNR and its share of the variational bound (bound.py); and the
-bound in total, estimated without bias from the stratified draw of t.
+x̂_0- and v-MSE, the bucket's log-SNR and its share of the variational bound, whose terms and
+estimate are bound.py's.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from .bound import (
+    BoundSamples,
+    VariationalBound,
     bound_terms_bpd,
     check_bound_applies,
     check_pixel_range,
-    decoder_nll_bpd,
+    compare_with_exact,
+    decoder_pass,
+    estimate_bound,
+    exact_bound,
     on_8bit_grid,
     prior_bpd,
 )
 from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError
-from .files import atomic_output
+from .files import read_csv, write_csv
 from .runtime import model_device
+from .strata import bucket_moments, raise_if_not_finite
 
 T_SAMPLING = ("stratified", "uniform")
 # The decoder pass and the exact check draw their noise from generators of their own, seeded apart
 # from the main one (which keeps seed itself, so the ε-MSE draws are the original's).
 DECODER_STREAM, EXACT_STREAM = 1 << 32, 2 << 32
-# Draws a cell of the bound's estimate expects (kl_cells): enough for a variance, few enough that
-# the cells follow L_t where it changes fast.
-CELL_DRAWS = 4
 
 
 @dataclass
@@ -136,43 +136,6 @@ class TimestepLossTable(TimestepLoss):
 
 
 @dataclass
-class ExactCheck:
-    """The bound of a few images with every t evaluated (improved-diffusion's ``calc_bpd_loop``),
-    against the stratified estimate: they differ by image sampling and noise only."""
-
-    num_images: int
-    total_bpd: float
-    std_error: float
-    difference: float
-    combined_std_error: float
-
-    @property
-    def agrees(self) -> bool:
-        return abs(self.difference) <= 2 * self.combined_std_error
-
-
-@dataclass
-class VariationalBound:
-    """The bound on -log p(x_0) in bits/dim, mean over the images: L_T + L_0 + Σ_{t ≥ 1} L_t."""
-
-    total_bpd: float
-    std_error: float
-    prior_bpd: float
-    decoder_bpd: float
-    kl_bpd: float
-    num_images: int
-    timesteps: int
-    on_8bit_grid: bool
-    exact_check: ExactCheck | None = None
-
-    def summary(self) -> dict:
-        summary = asdict(self)
-        if self.exact_check is not None:
-            summary["exact_check"]["agrees_within_2_se"] = self.exact_check.agrees
-        return summary
-
-
-@dataclass
 class ForwardPass:
     """One batch's draws and the network's answer, read through the model's parametrization."""
 
@@ -214,15 +177,6 @@ def per_sample_mse(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return (predicted - target).pow(2).flatten(1).mean(1).double()
 
 
-def raise_if_not_finite(values: torch.Tensor, t: torch.Tensor, index: int) -> None:
-    if not torch.isfinite(values).all():
-        bad = int(t[~torch.isfinite(values)][0])
-        raise DiagnosticsError(
-            f"the model returned NaN or Inf at timestep {bad} (batch {index}); "
-            "the checkpoint is broken or diverged"
-        )
-
-
 def prediction_errors(diffusion: DiffusionProcess, step: ForwardPass) -> dict[str, torch.Tensor]:
     """Each sample's ε-, x̂_0- and v-MSE, float64 on the CPU; v̂ from (ε̂, x̂_0) by the same relation
     as v (Salimans & Ho, section 4), so the three agree with each other whatever the model predicts."""
@@ -239,25 +193,6 @@ def prediction_errors(diffusion: DiffusionProcess, step: ForwardPass) -> dict[st
 
 def bucket_of(t: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     return torch.bucketize(t, edges, right=True) - 1
-
-
-def bucket_moments(
-    values: torch.Tensor, bucket: torch.Tensor, buckets: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean, count and sample variance (n - 1) of ``values`` per bucket; the variance of a bucket
-    with one value is NaN by design rather than a misleading zero, its mean NaN when it has none."""
-    count = torch.bincount(bucket, minlength=buckets)
-    mean = torch.zeros(buckets, dtype=torch.float64).index_add_(0, bucket, values) / count
-    spread = torch.zeros(buckets, dtype=torch.float64).index_add_(0, bucket, (values - mean[bucket]) ** 2)
-    return mean, count, spread / (count - 1)
-
-
-def bucket_covariance(x: torch.Tensor, y: torch.Tensor, bucket: torch.Tensor, buckets: int) -> torch.Tensor:
-    """Sample covariance of x and y among the samples of each bucket."""
-    mean_x, count, _ = bucket_moments(x, bucket, buckets)
-    mean_y, _, _ = bucket_moments(y, bucket, buckets)
-    products = (x - mean_x[bucket]) * (y - mean_y[bucket])
-    return torch.zeros(buckets, dtype=torch.float64).index_add_(0, bucket, products) / (count - 1)
 
 
 def check_every_bucket_filled(count: torch.Tensor, seen: int) -> None:
@@ -311,173 +246,11 @@ def timestep_loss_statistics(
     return loss_statistics(torch.cat(t), torch.cat(eps_error), edges)
 
 
-def decoder_pass(diffusion: DiffusionProcess, x_0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """L_0 of every image, from one more forward pass at t = 0 (bits/dim, float64 on the CPU)."""
-    t = torch.zeros(len(x_0), dtype=torch.long, device=x_0.device)
-    noise = torch.randn(x_0.shape, generator=generator).to(x_0.device)
-    x_1, _ = diffusion.add_noise(x_0, t, noise=noise)
-    _, x0_predicted = diffusion.eps_and_x0(x_1, t, diffusion.model(x_1, t))
-    decoder = decoder_nll_bpd(diffusion, x_0, x0_predicted)
-    raise_if_not_finite(decoder, t, 0)
-    return decoder.cpu()
-
-
-@dataclass
-class BoundSamples:
-    """Per-sample inputs of the bound: each draw's t and bound term, each image's L_0 and L_T."""
-
-    t: torch.Tensor
-    term: torch.Tensor
-    decoder: torch.Tensor
-    prior: torch.Tensor
-
-
-@dataclass
-class Cells:
-    """The strata the KL draws are pooled in: runs of timesteps inside one bucket, each holding at
-    least two draws, so that every cell has a mean and a variance."""
-
-    of_draw: torch.Tensor
-    width: torch.Tensor
-    bucket: torch.Tensor
-
-
-def cell_bounds(t: torch.Tensor, low: int, high: int) -> list[int]:
-    """Edges of the cells of [low, high) for the draws ``t`` that fell in it.
-
-    Equal cells just wide enough to expect CELL_DRAWS draws each (one timestep each once the draws
-    are dense); a cell that got fewer than two is merged into its neighbour, so that each has a
-    mean and a variance. The cells depend only on where the draws fell, never on their values.
-    """
-    width = min(high - low, max(1, math.ceil(CELL_DRAWS * (high - low) / len(t))))
-    bounds = [*range(low, high, width), high]
-    counts = torch.histogram(t.double(), torch.tensor(bounds, dtype=torch.float64)).hist.long().tolist()
-    while len(counts) > 1 and min(counts) < 2:
-        sparse = counts.index(min(counts))
-        neighbour = sparse + 1 if sparse + 1 < len(counts) else sparse - 1
-        counts[min(sparse, neighbour)] += counts.pop(max(sparse, neighbour))
-        bounds.pop(max(sparse, neighbour))
-    return bounds
-
-
-def kl_cells(t: torch.Tensor, edges: torch.Tensor) -> Cells:
-    """Cells for the draws ``t`` (all ≥ 1), bucket by bucket; t = 0 is left out (the decoder's).
-
-    Pooling draws by timestep rather than by bucket keeps the steep fall of L_t across a bucket out
-    of the variance: in the first bucket of an MNIST model (measured on one shipped before) L_1 is
-    150 × L_99, and pooled by bucket the 10,000 held-out digits give a standard error of 0.05
-    bits/dim instead of 0.015.
-    """
-    of_draw = torch.empty_like(t)
-    widths, buckets = [], []
-    for bucket in range(len(edges) - 1):
-        low, high = max(int(edges[bucket]), 1), int(edges[bucket + 1])
-        if high <= low:
-            continue
-        inside = (t >= low) & (t < high)
-        if not inside.any():
-            raise DiagnosticsError(f"timestep bucket {bucket} got no draws with t > 0; use more batches")
-        bounds = cell_bounds(t[inside], low, high)
-        of_draw[inside] = len(widths) + torch.bucketize(t[inside], torch.tensor(bounds[1:-1]), right=True)
-        widths += [end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
-        buckets += [bucket] * (len(bounds) - 1)
-    return Cells(of_draw, torch.tensor(widths, dtype=torch.float64), torch.tensor(buckets))
-
-
-@dataclass
-class ImageTerms:
-    """A term measured on every image (L_0, L_T): over all images, and at the images of the KL draws."""
-
-    every: torch.Tensor
-    at_draws: torch.Tensor
-
-
-def stratified_sum(
-    values: torch.Tensor, cells: Cells, included: torch.Tensor, image: ImageTerms | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ_c w_c · mean_c(values) over the ``included`` cells, plus the mean of a per-image term G,
-    and its variance (Cochran, Sampling Techniques, section 5.3): Σ w_c² s_c² / n_c, + s_G² / N,
-    + 2 Σ w_c cov_c(values, G) / N, since a cell's draws and their images' G come from the same images."""
-    mean, count, variance = bucket_moments(values, cells.of_draw, len(cells.width))
-    weight = torch.where(included, cells.width, 0.0)
-    total = (weight * mean).where(included, 0.0).sum()
-    total_variance = (weight**2 * variance / count).where(included, 0.0).sum()
-    if image is None:
-        return total, total_variance
-    n = len(image.every)
-    covariance = bucket_covariance(values, image.at_draws, cells.of_draw, len(cells.width))
-    cross = 2 * (weight * covariance).where(included, 0.0).sum() / n
-    return total + image.every.mean(), total_variance + image.every.var() / n + cross
-
-
-def bound_by_bucket(
-    samples: BoundSamples, edges: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[float, float]]:
-    """The estimate of the bound from the stratified draws: per bucket its mean term per timestep
-    and standard error, the KL sum Σ_{t≥1} L_t, and the total with its standard error.
-
-    L_0 is not left to the draw (bucket 0 sees t = 0 about once in its width, and L_0 is far larger
-    than its neighbours): every image's L_0 comes from the decoder pass, and the KL terms from the
-    draws with t ≥ 1, pooled in cells (:func:`kl_cells`). The sum of the cells' width × mean is
-    unbiased, and with one cell per bucket it is T × the mean term of equal buckets.
-    """
-    is_kl = samples.t > 0
-    cells, kl = kl_cells(samples.t[is_kl], edges), samples.term[is_kl]
-    every_cell = torch.ones(len(cells.width), dtype=torch.bool)
-    image_terms = samples.decoder + samples.prior
-    kl_sum, _ = stratified_sum(kl, cells, every_cell)
-    total, total_variance = stratified_sum(kl, cells, every_cell, ImageTerms(image_terms, image_terms[is_kl]))
-    decoder = ImageTerms(samples.decoder, samples.decoder[is_kl])
-    per_bucket = [
-        stratified_sum(kl, cells, cells.bucket == bucket, decoder if bucket == 0 else None)
-        for bucket in range(len(edges) - 1)
-    ]
-    width = (edges[1:] - edges[:-1]).double()
-    vb_mean = torch.stack([bucket_sum for bucket_sum, _ in per_bucket]) / width
-    vb_std_error = torch.stack([variance for _, variance in per_bucket]).sqrt() / width
-    return vb_mean, vb_std_error, kl_sum, (float(total), float(total_variance.sqrt()))
-
-
 def log_snr(diffusion: DiffusionProcess, t: torch.Tensor) -> torch.Tensor:
     """λ_t = log(ᾱ_t / (1 - ᾱ_t)), from √ᾱ and √(1-ᾱ), which keep their digits at both ends."""
     return 2 * (
         diffusion.sqrt_alpha_bars.double().cpu()[t].log()
         - diffusion.sqrt_one_minus_alpha_bars.double().cpu()[t].log()
-    )
-
-
-@torch.inference_mode()
-def exact_bound(
-    diffusion: DiffusionProcess, images: torch.Tensor, batch_size: int, generator: torch.Generator
-) -> torch.Tensor:
-    """Σ_t L_t + L_T of each image with every t evaluated once, each with its own noise; bits/dim.
-
-    T forward passes per image: a check of the stratified estimate, not the way to get it.
-    """
-    timesteps = diffusion.timesteps
-    image_index = torch.arange(len(images)).repeat_interleave(timesteps)
-    t = torch.arange(timesteps).repeat(len(images))
-    total = prior_bpd(diffusion, images).cpu()
-    for start in range(0, len(t), batch_size):
-        chunk = slice(start, start + batch_size)
-        x_0, t_chunk = images[image_index[chunk]], t[chunk].to(images.device)
-        noise = torch.randn(x_0.shape, generator=generator).to(images.device)
-        x_t, _ = diffusion.add_noise(x_0, t_chunk, noise=noise)
-        _, x0_predicted = diffusion.eps_and_x0(x_t, t_chunk, diffusion.model(x_t, t_chunk))
-        terms = bound_terms_bpd(diffusion, x_0, x_t, t_chunk, x0_predicted).cpu()
-        total.index_add_(0, image_index[chunk], terms)
-    return total
-
-
-def compare_with_exact(estimate: tuple[float, float], exact: torch.Tensor) -> ExactCheck:
-    total, std_error = estimate
-    exact_std_error = float(exact.std() / math.sqrt(len(exact))) if len(exact) > 1 else math.nan
-    return ExactCheck(
-        num_images=len(exact),
-        total_bpd=float(exact.mean()),
-        std_error=exact_std_error,
-        difference=total - float(exact.mean()),
-        combined_std_error=math.hypot(std_error, exact_std_error),
     )
 
 
@@ -535,17 +308,7 @@ def assemble_table(diffusion: DiffusionProcess, measured: Measured, edges: torch
     x0_mean, _, x0_variance = bucket_moments(values["x0"], bucket, buckets)
     v_mean, _, v_variance = bucket_moments(values["v"], bucket, buckets)
     samples = BoundSamples(values["t"], values["term"], values["decoder"], values["prior"])
-    vb_mean, vb_std_error, kl_sum, (total, total_std_error) = bound_by_bucket(samples, edges)
-    bound = VariationalBound(
-        total_bpd=total,
-        std_error=total_std_error,
-        prior_bpd=float(samples.prior.mean()),
-        decoder_bpd=float(samples.decoder.mean()),
-        kl_bpd=float(kl_sum),
-        num_images=len(values["t"]),
-        timesteps=diffusion.timesteps,
-        on_8bit_grid=measured.on_8bit_grid,
-    )
+    bound, vb_mean, vb_std_error = estimate_bound(samples, edges, diffusion.timesteps, measured.on_8bit_grid)
     width = (edges[1:] - edges[:-1]).double()
     return TimestepLossTable(
         **vars(eps),
@@ -558,7 +321,7 @@ def assemble_table(diffusion: DiffusionProcess, measured: Measured, edges: torch
         log_snr_end=log_snr(diffusion, eps.t_end),
         vb_mean=vb_mean,
         vb_std_error=vb_std_error,
-        vb_share=width * vb_mean / total,
+        vb_share=width * vb_mean / bound.total_bpd,
         bound=bound,
     )
 
@@ -604,23 +367,7 @@ def per_timestep_loss(diffusion, loader, num_batches=10, buckets=10, device=None
 
 
 def write_timestep_loss_csv(statistics: TimestepLoss, path: str | os.PathLike) -> None:
-    rows = statistics.rows()
-    with atomic_output(path) as temporary:
-        with open(temporary, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-
-def write_bound_json(summary: Mapping, path: str | os.PathLike) -> None:
-    """The bound's summary (:meth:`VariationalBound.summary` and what the caller adds) as JSON."""
-    with atomic_output(path) as temporary:
-        temporary.write_text(json.dumps(summary, indent=2) + "\n")
-
-
-def read_timestep_loss_csv(path: str | os.PathLike) -> list[dict]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    write_csv(statistics.rows(), path)
 
 
 def combine_timestep_loss_csvs(csv_by_model: Mapping[str, str | os.PathLike]) -> list[dict]:
@@ -633,7 +380,7 @@ def combine_timestep_loss_csvs(csv_by_model: Mapping[str, str | os.PathLike]) ->
         raise DiagnosticsError("nothing to compare: config `models` names no model")
     combined, columns = [], None
     for model, path in csv_by_model.items():
-        rows = read_timestep_loss_csv(path)
+        rows = read_csv(path)
         if not rows:
             raise DiagnosticsError(f"{path} (model {model}): no rows")
         if columns is None:
@@ -644,12 +391,3 @@ def combine_timestep_loss_csvs(csv_by_model: Mapping[str, str | os.PathLike]) ->
             )
         combined.extend({"model": model, **row} for row in rows)
     return combined
-
-
-def write_timestep_loss_comparison_csv(rows: list[dict], path: str | os.PathLike) -> None:
-    """Rows as :func:`combine_timestep_loss_csvs` returns them: model, then the single CSV's columns."""
-    with atomic_output(path) as temporary:
-        with open(temporary, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)

@@ -16,11 +16,9 @@ validation split (for the best-by-validation model); the rest is the training sp
 from __future__ import annotations
 
 import gzip
-import hashlib
 import http.client
 import importlib.metadata
 import importlib.resources
-import json
 import logging
 import os
 import shutil
@@ -35,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from .errors import DiagnosticsError, first_line
-from .files import atomic_output, save_torch, sha256
+from .files import atomic_output, file_digest, save_torch, write_json
 from .mnist_wheel import WHEEL_SHA256, raw_files_from_index
 
 log = logging.getLogger(__name__)
@@ -71,16 +69,8 @@ class MnistSplits:
     origin: dict = field(default_factory=dict)
 
 
-def md5(path: str | os.PathLike) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checksums(paths: list[Path]) -> dict[str, dict[str, str]]:
-    return {path.name: {"md5": md5(path), "sha256": sha256(path)} for path in paths}
+    return {path.name: {"md5": file_digest(path, "md5"), "sha256": file_digest(path)} for path in paths}
 
 
 # --- mnist-5k ----------------------------------------------------------------------------------
@@ -137,7 +127,7 @@ def unpack_placed_archives(raw: Path, names) -> None:
 def md5_mismatch(folder: Path, raw_md5: dict[str, str]) -> str | None:
     """What is wrong with the files in ``folder``, or None when each has its MD5."""
     for name, expected in raw_md5.items():
-        actual = md5(folder / name) if (folder / name).is_file() else "missing"
+        actual = file_digest(folder / name, "md5") if (folder / name).is_file() else "missing"
         if actual != expected:
             return f"{name} has MD5 {actual}, not MNIST's {expected}"
     return None
@@ -345,9 +335,8 @@ def save_splits(splits: MnistSplits, out_dir: str | os.PathLike, requested_sourc
     for name in SPLITS:
         path = out_dir / f"{name}.pt"
         save_torch({"images": splits.images[name], "labels": splits.labels[name]}, path)
-        manifest["files"][path.name] = {"sha256": sha256(path)}
-    with atomic_output(out_dir / "manifest.json") as temporary:
-        temporary.write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest["files"][path.name] = {"sha256": file_digest(path)}
+    write_json(manifest, out_dir / "manifest.json")
     return manifest
 
 

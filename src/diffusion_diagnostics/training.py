@@ -8,7 +8,6 @@ bit for bit on a CPU, as one that ran straight through.
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import json
 import logging
@@ -395,8 +394,3 @@ def train(
             checkpoint_path,
         )
     return summary
-
-
-def read_history(path: str | os.PathLike) -> list[dict]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))

@@ -8,14 +8,13 @@ import logging
 from diffusion_diagnostics.classifier import load_classifier
 from diffusion_diagnostics.data import load_split
 from diffusion_diagnostics.digits import to_digit_size
-from diffusion_diagnostics.files import write_csv
+from diffusion_diagnostics.files import write_csv, write_json
 from diffusion_diagnostics.grids import save_grid, tile_rows
 from diffusion_diagnostics.plots import plot_sample_quality
 from diffusion_diagnostics.quality import (
     check_neighbour_counts,
     draw_samples,
     sample_quality_rows,
-    write_quality_json,
 )
 from diffusion_diagnostics.workflow import load_sampling_model, run_rule
 
@@ -57,12 +56,16 @@ def main(snakemake):
     for row in rows:
         logging.info("%s", row)
     write_csv(rows, snakemake.output.csv)
-    write_quality_json(
-        rows,
+    # The settings as top-level keys, the table under rows.
+    recorded = {key: settings[key] for key in RECORDED_SETTINGS}
+    write_json(
+        {
+            "model": str(snakemake.input.model),
+            "sampling": snakemake.params.sampling,
+            **recorded,
+            "rows": rows,
+        },
         snakemake.output.json,
-        model=str(snakemake.input.model),
-        sampling=snakemake.params.sampling,
-        **{key: settings[key] for key in RECORDED_SETTINGS},
     )
     plot_sample_quality(rows, snakemake.output.png)
     save_grid(tile_rows(samples, PREVIEW_COLUMNS, PREVIEW_COLUMNS), snakemake.output.samples)

@@ -6,14 +6,14 @@ import logging
 
 from torch.utils.data import DataLoader
 
-from diffusion_diagnostics.analysis import timestep_loss_table, write_bound_json, write_timestep_loss_csv
+from diffusion_diagnostics.analysis import timestep_loss_table, write_timestep_loss_csv
+from diffusion_diagnostics.files import read_json, write_json
 from diffusion_diagnostics.workflow import digits_for, load_rule_model, run_rule
 
 
 def split_description(manifest_path: str) -> dict:
     """Which digits the bound is of: the held-out split, as the data manifest describes it."""
-    with open(manifest_path) as handle:
-        manifest = json.load(handle)
+    manifest = read_json(manifest_path)
     return {
         "split": "heldout",
         "split_size": manifest["splits"]["heldout"],
@@ -41,7 +41,7 @@ def main(snakemake):
         **split_description(snakemake.input.manifest),
         "model": snakemake.params.model_description,
     }
-    write_bound_json(summary, snakemake.output.nll)
+    write_json(summary, snakemake.output.nll)
     for row in table.rows():
         logging.info("%s", row)
     logging.info("variational bound: %s", json.dumps(summary))

@@ -6,10 +6,10 @@ import logging
 import torch
 
 from diffusion_diagnostics.data import load_split
-from diffusion_diagnostics.files import sha256
+from diffusion_diagnostics.files import file_digest, read_csv
 from diffusion_diagnostics.plots import plot_training_history
 from diffusion_diagnostics.runtime import resolve_device
-from diffusion_diagnostics.training import TrainConfig, read_history, train
+from diffusion_diagnostics.training import TrainConfig, train
 from diffusion_diagnostics.workflow import run_rule
 
 
@@ -26,9 +26,9 @@ def main(snakemake):
         state_path=snakemake.params.state,
         history_path=snakemake.output.history,
         device=device,
-        data_sha=sha256(snakemake.input.train),
+        data_sha=file_digest(snakemake.input.train),
     )
-    plot_training_history(read_history(snakemake.output.history), snakemake.output.curve)
+    plot_training_history(read_csv(snakemake.output.history), snakemake.output.curve)
     logging.info("done: %s", json.dumps(summary))
 
 

@@ -1,11 +1,10 @@
 """Rule train_classifier: the digit classifier that judges samples, trained on the training split."""
 
-import json
 import logging
 
 from diffusion_diagnostics.classifier import save_classifier, train_classifier
 from diffusion_diagnostics.data import load_split
-from diffusion_diagnostics.files import atomic_output
+from diffusion_diagnostics.files import write_json
 from diffusion_diagnostics.runtime import resolve_device
 from diffusion_diagnostics.workflow import run_rule
 
@@ -25,8 +24,7 @@ def main(snakemake):
     )
     logging.info("held-out accuracy %.4f on %d digits", summary["heldout_accuracy"], summary["heldout_size"])
     save_classifier(snakemake.output.model, model, summary)
-    with atomic_output(snakemake.output.summary) as temporary:
-        temporary.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(summary, snakemake.output.summary)
 
 
 run_rule(main, snakemake)  # noqa: F821

@@ -83,10 +83,15 @@ def load_sampling_model(
         cuda_graphs=snakemake.config["cuda_graphs"],
         **snakemake.params.sampling,
     )
+    clipping = {
+        True: "clipped",
+        False: "not clipped",
+        None: f"clipped by DDPM as the model's clip_sample ({diffusion.clip_sample}) says, not by DDIM",
+    }
     logging.info(
         "sampling: forward passes in %s, x0 %s, DDIM %s spacing%s%s",
         options.precision,
-        "clipped" if (diffusion.clip_sample if clip_x0 is None else clip_x0) else "not clipped",
+        clipping[clip_x0],
         options.timestep_spacing,
         f" (offset {options.steps_offset})" if options.timestep_spacing == "leading" else "",
         ", steps as CUDA graphs" if options.cuda_graphs and can_capture(diffusion.device) else "",

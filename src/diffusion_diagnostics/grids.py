@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import torch
-from torchvision.utils import save_image
 
 from .errors import DiagnosticsError
 from .files import atomic_output, read_tagged_file, save_torch
@@ -18,6 +17,10 @@ ENDPOINTS_FORMAT = "diffusion-diagnostics-endpoints"
 def save_grid(grid: torch.Tensor, path: str | os.PathLike) -> str:
     """Save a grid ``(rows, columns, C, H, W)`` of images in [-1, 1] as one PNG of tiles; returns
     the path."""
+    # Imported here: torchvision costs every job that imports it a second or two of start-up, and
+    # most rules that read or write grid files never draw one.
+    from torchvision.utils import save_image
+
     if grid.ndim != 5:
         raise DiagnosticsError(f"a grid has shape (rows, columns, C, H, W); got {tuple(grid.shape)}")
     with atomic_output(path) as temporary:

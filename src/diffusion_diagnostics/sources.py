@@ -72,6 +72,25 @@ def hub_folder_name(hub_id: str) -> str:
     return f"{name}--{revision.replace('/', '-')}" if revision else name
 
 
+def check_source(source: str | Mapping, where: str = "checkpoint") -> None:
+    """Refuse, before anything runs, a source that names a path that does not exist (a file,
+    folder or entry point's weights) or a malformed hub id; the error starts with ``where``, the
+    config key that names it. A user's path is only looked at, never created."""
+    if is_hub_id(source):
+        try:
+            parse_hub_id(source)
+        except DiagnosticsError as error:
+            raise DiagnosticsError(f"{where}: {error}") from None
+        return
+    paths = [source["weights"]] if isinstance(source, Mapping) else [] if source == TRAIN else [source]
+    for path in paths:
+        if not Path(path).exists():
+            raise DiagnosticsError(
+                f"{where}: {path} does not exist; point it at a checkpoint file, a diffusers folder "
+                "or hf:owner/name, or set it to train to train a model with the workflow (results/train/)"
+            )
+
+
 def describe_source(source: str | Mapping, diffusion_settings: Mapping) -> str:
     """One line saying what kind of model ``source`` is and its process, from the config and the
     small files beside the weights; ``diffusion_settings`` is what a trained model learns.

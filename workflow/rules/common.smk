@@ -20,10 +20,10 @@ from diffusion_diagnostics.config import check_config
 from diffusion_diagnostics.errors import DiagnosticsError
 from diffusion_diagnostics.sources import (
     TRAIN,
+    check_source,
     describe_source,
     hub_folder_name,
     is_hub_id,
-    parse_hub_id,
 )
 
 # A violation stops the run with one line naming the key (no traceback): see check_config.
@@ -58,27 +58,12 @@ def configured_sources():
     }
 
 
-def check_source(where, source):
-    """A path that does not exist stops the run before anything runs: one line, naming it."""
-    paths = [source["weights"]] if isinstance(source, dict) else []
-    if isinstance(source, str) and source != TRAIN and not is_hub_id(source):
-        paths.append(source)
-    for path in paths:
-        if not Path(path).exists():
-            sys.exit(
-                f"config error at {where}: {path} does not exist; point it at a checkpoint file, "
-                "a diffusers folder or hf:owner/name, or set it to train to train a model with the "
-                "workflow (results/train/)"
-            )
-
-
+# A path that does not exist, or a malformed hub id, stops the run before anything runs: one line.
 try:
     for where, source in configured_sources().items():
-        check_source(where, source)
-        if is_hub_id(source):
-            parse_hub_id(source)
+        check_source(source, where)
 except DiagnosticsError as error:
-    sys.exit(f"config error: {error}")
+    sys.exit(f"config error at {error}")
 # Hub models, by the folder under resources/models/ that the download_model rule fills.
 HUB_MODELS = {
     hub_folder_name(source): source

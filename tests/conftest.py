@@ -1,5 +1,5 @@
-"""Shared fixtures and test doubles: the repository, the tiny config, a runner for real snakemake
-subprocesses, a tiny UNet, the CUDA-graph stand-in and a stand-in Hugging Face Hub."""
+"""Shared fixtures: the repository, the tiny config, a runner for real snakemake subprocesses, the
+CUDA-graph stand-in and a stand-in Hugging Face Hub. The test doubles are in doubles.py."""
 
 from __future__ import annotations
 
@@ -67,21 +67,6 @@ GPU_RULES = frozenset(
         "interpolate_real_digits",
     }
 )
-
-
-def tiny_unet(seed: int = 0):
-    """A tiny UNet with random weights everywhere: the zero-initialised output layer is re-drawn,
-    otherwise the network would be the constant zero predictor."""
-    from torch import nn
-
-    from diffusion_diagnostics.unet import UNet
-
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = UNet(base_channels=8, channel_mults=(1, 2))
-        nn.init.normal_(model.conv_out.weight, std=0.05)
-        nn.init.normal_(model.conv_out.bias, std=0.05)
-    return model.eval()
 
 
 def planned_jobs(dry_run_output: str) -> dict[str, int]:

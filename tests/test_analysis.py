@@ -24,6 +24,8 @@ from diffusion_diagnostics import (
     timestep_loss_statistics,
 )
 
+from doubles import StandIn, ZeroEps, reference_schedule
+
 T, BETA_START, BETA_END = 10, 1e-3, 0.2
 
 
@@ -32,14 +34,13 @@ def offset(t: torch.Tensor) -> torch.Tensor:
     return 0.1 * (t.double() + 1)
 
 
-class OffsetEps(nn.Module):
+class OffsetEps(StandIn):
     """ε̂(x_t, t) = x_t / √(1-ᾱ_t) + c(t), i.e. exactly ε + c(t) when x_0 = 0."""
 
     def __init__(self, timesteps: int = T):
         super().__init__()
-        alpha_bars = np.cumprod(1 - np.linspace(BETA_START, BETA_END, timesteps))
+        alpha_bars = reference_schedule(timesteps, BETA_START, BETA_END)["alpha_bars"]
         self.register_buffer("sqrt_one_minus_ab", torch.from_numpy(np.sqrt(1 - alpha_bars)))
-        self.device_anchor = nn.Parameter(torch.zeros(()))
         self.calls: list[torch.Tensor] = []
 
     def forward(self, x_t, t):
@@ -50,15 +51,6 @@ class OffsetEps(nn.Module):
 
     def drawn_t(self) -> torch.Tensor:
         return torch.cat(self.calls)
-
-
-class ZeroEps(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.device_anchor = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x_t, t):
-        return torch.zeros_like(x_t)
 
 
 def make_diffusion(model: nn.Module, timesteps: int = T) -> DiffusionProcess:

@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion_diagnostics import DiagnosticsError, DiffusionProcess, timestep_loss_statistics
+from diffusion_diagnostics import DiffusionProcess, timestep_loss_statistics
 from diffusion_diagnostics.analysis import timestep_loss_table
 from diffusion_diagnostics.bound import (
     decoder_nll_bpd,
@@ -32,35 +32,29 @@ from diffusion_diagnostics.bound import (
     prior_bpd,
 )
 
+from doubles import StandIn, ZeroEps, one_error_line, reference_schedule
+
 T, BETA_START, BETA_END = 10, 1e-3, 0.2
 LEVEL = 128  # the pixel level of the constant images: x = 2·128/255 - 1 = 1/255
 PIXEL = 2 * LEVEL / 255 - 1
 SHAPE = (1, 2, 2)
 LN2 = math.log(2)
-
-
-def schedule(timesteps: int = T) -> dict[str, np.ndarray]:
-    betas = np.linspace(BETA_START, BETA_END, timesteps)
-    alphas = 1 - betas
-    alpha_bar = np.cumprod(alphas)
-    alpha_bar_prev = np.append(1.0, alpha_bar[:-1])
-    posterior = (1 - alpha_bar_prev) / (1 - alpha_bar) * betas
-    return {"betas": betas, "alphas": alphas, "alpha_bar": alpha_bar, "posterior": posterior}
+SCHEDULE = reference_schedule(T, BETA_START, BETA_END)  # the process make_diffusion builds, in float64
 
 
 def reverse_variance(variance_type: str, timesteps: int = T) -> np.ndarray:
     """σ_t²: β̃_1 at t = 0 for both, then β̃_t or β_t (improved-diffusion's convention)."""
-    s = schedule(timesteps)
-    after = s["posterior"][1:] if variance_type == "fixed_small" else s["betas"][1:]
-    return np.append(s["posterior"][1], after)
+    s = reference_schedule(timesteps, BETA_START, BETA_END)
+    after = s["posterior_variance"][1:] if variance_type == "fixed_small" else s["betas"][1:]
+    return np.append(s["posterior_variance"][1], after)
 
 
 def expected_kl_bits(t: int, eps_error_sq: float, variance_type: str, timesteps: int = T) -> float:
     """L_t per dimension in bits for a model whose ε error has mean square ``eps_error_sq``."""
-    s = schedule(timesteps)
-    sigma_sq, posterior = reverse_variance(variance_type, timesteps)[t], s["posterior"][t]
+    s = reference_schedule(timesteps, BETA_START, BETA_END)
+    sigma_sq, posterior = reverse_variance(variance_type, timesteps)[t], s["posterior_variance"][t]
     constant = 0.5 * (math.log(sigma_sq / posterior) + posterior / sigma_sq - 1)
-    weight = s["betas"][t] ** 2 / (2 * sigma_sq * s["alphas"][t] * (1 - s["alpha_bar"][t]))
+    weight = s["betas"][t] ** 2 / (2 * sigma_sq * s["alphas"][t] * (1 - s["alpha_bars"][t]))
     return (constant + weight * eps_error_sq) / LN2
 
 
@@ -77,24 +71,24 @@ def bin_mass(level: int, mean: float, variance: float) -> mpmath.mpf:
 
 
 def expected_decoder_bits(x0_predicted: float, timesteps: int = T) -> float:
-    return float(-mpmath.log(bin_mass(LEVEL, x0_predicted, schedule(timesteps)["posterior"][1]))) / LN2
+    posterior_variance = reference_schedule(timesteps, BETA_START, BETA_END)["posterior_variance"]
+    return float(-mpmath.log(bin_mass(LEVEL, x0_predicted, posterior_variance[1]))) / LN2
 
 
 def expected_prior_bits(timesteps: int = T) -> float:
-    alpha_bar = schedule(timesteps)["alpha_bar"][-1]
+    alpha_bar = reference_schedule(timesteps, BETA_START, BETA_END)["alpha_bars"][-1]
     return 0.5 * (-math.log(1 - alpha_bar) + (1 - alpha_bar) + alpha_bar * PIXEL**2 - 1) / LN2
 
 
-class KnownError(nn.Module):
+class KnownError(StandIn):
     """Returns the exact target of its prediction type for constant images x_0 = PIXEL, plus δ(t)."""
 
     def __init__(self, prediction_type: str, offset, timesteps: int = T):
         super().__init__()
-        alpha_bar = torch.from_numpy(schedule(timesteps)["alpha_bar"])
+        alpha_bar = torch.from_numpy(reference_schedule(timesteps, BETA_START, BETA_END)["alpha_bars"])
         self.register_buffer("a", alpha_bar.sqrt())
         self.register_buffer("s", (1 - alpha_bar).sqrt())
         self.prediction_type, self.offset = prediction_type, offset
-        self.device_anchor = nn.Parameter(torch.zeros(()))
         self.calls = 0
 
     def forward(self, x_t, t):
@@ -109,7 +103,7 @@ class KnownError(nn.Module):
 def eps_error_of(prediction_type: str, delta: np.ndarray, timesteps: int = T) -> np.ndarray:
     """The error in ε of a model whose own prediction is off by δ: ε̂ = a v̂ + s x_t for v,
     (x_t - a x̂_0) / s for x_0."""
-    alpha_bar = schedule(timesteps)["alpha_bar"]
+    alpha_bar = reference_schedule(timesteps, BETA_START, BETA_END)["alpha_bars"]
     a, s = np.sqrt(alpha_bar), np.sqrt(1 - alpha_bar)
     return {"epsilon": delta, "v_prediction": a * delta, "sample": -a * delta / s}[prediction_type]
 
@@ -140,10 +134,6 @@ def constant_batches(sizes: list[int]) -> list[torch.Tensor]:
 @pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large"])
 def test_kl_of_a_zero_model_is_ddpm_eq_12_with_the_noise_as_error(variance_type):
     """ε̂ = 0: the error in ε is -ε, so L_t = constant + w_t · mean(ε²) for each sample."""
-
-    class ZeroEps(nn.Module):
-        def forward(self, x_t, t):
-            return torch.zeros_like(x_t)
 
     diffusion = make_diffusion(ZeroEps(), variance_type=variance_type)
     generator = torch.Generator().manual_seed(0)
@@ -212,7 +202,7 @@ def test_decoder_term_of_a_model_off_by_a_fixed_amount():
     x_0 = torch.full((3, *SHAPE), PIXEL)
     x_1, _ = diffusion.add_noise(x_0, t, generator=torch.Generator().manual_seed(3))
     _, x0_predicted = diffusion.eps_and_x0(x_1, t, diffusion.model(x_1, t))
-    alpha_bar = schedule()["alpha_bar"][0]
+    alpha_bar = SCHEDULE["alpha_bars"][0]
     x0_expected = PIXEL - math.sqrt((1 - alpha_bar) / alpha_bar) * float(offset(torch.tensor(0)))
     np.testing.assert_allclose(
         decoder_nll_bpd(diffusion, x_0, x0_predicted).numpy(),
@@ -238,7 +228,7 @@ def test_x0_and_v_errors_follow_from_the_eps_error(prediction_type):
     diffusion = make_diffusion(KnownError(prediction_type, offset), prediction_type)
     table = timestep_loss_table(diffusion, constant_batches([20, 20]), buckets=T)
 
-    alpha_bar = schedule()["alpha_bar"]
+    alpha_bar = SCHEDULE["alpha_bars"]
     eps_mse = eps_error_of(prediction_type, offset(torch.arange(T)).numpy()) ** 2
     np.testing.assert_allclose(table.mean.numpy(), eps_mse, rtol=1e-4)
     np.testing.assert_allclose(table.x0_mean.numpy(), eps_mse * (1 - alpha_bar) / alpha_bar, rtol=1e-4)
@@ -291,7 +281,7 @@ def test_bound_of_a_model_with_known_error_is_the_closed_form(variance_type, buc
     delta = offset(torch.arange(T)).numpy()
     per_t = [
         expected_decoder_bits(
-            PIXEL - math.sqrt((1 - schedule()["alpha_bar"][0]) / schedule()["alpha_bar"][0]) * delta[0]
+            PIXEL - math.sqrt((1 - SCHEDULE["alpha_bars"][0]) / SCHEDULE["alpha_bars"][0]) * delta[0]
         )
     ]
     per_t += [expected_kl_bits(t, delta[t] ** 2, variance_type) for t in range(1, T)]
@@ -380,17 +370,9 @@ def test_images_off_the_8bit_grid_are_scored_in_their_bin():
 # --- bad input: one line each ---------------------------------------------------------------------
 
 
-def one_line_error(call) -> str:
-    with pytest.raises(DiagnosticsError) as caught:
-        call()
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
-
-
 def test_images_outside_the_pixel_range_are_an_error():
     diffusion = make_diffusion(KnownError("epsilon", offset))
-    message = one_line_error(
+    message = one_error_line(
         lambda: timestep_loss_table(diffusion, [torch.full((8, *SHAPE), 1.5)], buckets=2)
     )
     assert "[-1, 1]" in message and "1.5" in message
@@ -400,7 +382,7 @@ def test_a_variance_type_the_bound_does_not_cover_is_an_error():
     diffusion = make_diffusion(KnownError("epsilon", offset))
     # A variance the process refuses to be built with today: the bound must refuse it on its own.
     object.__setattr__(diffusion.config, "variance_type", "learned_range")
-    message = one_line_error(lambda: timestep_loss_table(diffusion, constant_batches([8]), buckets=2))
+    message = one_error_line(lambda: timestep_loss_table(diffusion, constant_batches([8]), buckets=2))
     assert "learned_range" in message and "fixed_small" in message
 
 

@@ -1,33 +1,21 @@
 """The checkpoint format: a faithful round trip, and a clear DiagnosticsError naming the file for
-every kind of bad input, without ever running code from the file. Also device resolution."""
+every kind of bad input, without ever running code from the file."""
 
 from __future__ import annotations
 
 import pickle
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
-from torch import nn
 
-from diffusion_diagnostics import DiagnosticsError, DiffusionProcess, UNet, load_checkpoint, save_checkpoint
+from diffusion_diagnostics import DiffusionProcess, UNet, load_checkpoint, save_checkpoint
 from diffusion_diagnostics.checkpoint import FORMAT, VERSION
-from diffusion_diagnostics.runtime import autocast_dtype, resolve_device
+
+from doubles import CreatesMarker, one_error_line, tiny_unet
 
 DIFFUSION_CONFIG = {"timesteps": 20, "beta_start": 1e-3, "beta_end": 0.2, "clip_sample": False}
 TRAINING = {"best_step": 6, "best_val_loss": 0.25, "run_id": "0123abcd", "config": {"lr": 1e-3, "steps": 6}}
-
-
-def tiny_unet(seed: int = 0, **config) -> UNet:
-    """Random weights everywhere, the zero-initialised output layer included."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = UNet(**{"base_channels": 8, "channel_mults": (1, 2), **config})
-        nn.init.normal_(model.conv_out.weight, std=0.05)
-        nn.init.normal_(model.conv_out.bias, std=0.05)
-    return model
 
 
 @pytest.fixture
@@ -38,20 +26,15 @@ def checkpoint(tmp_path):
 
 
 def assert_refused(path, *words: str) -> str:
-    with pytest.raises(DiagnosticsError) as caught:
-        load_checkpoint(path)
-    message = str(caught.value)
-    assert str(path) in message, message
-    for word in words:
-        assert word in message, message
-    return message
+    """load_checkpoint(path) stops with one error line naming the file and holding every word."""
+    return one_error_line(lambda: load_checkpoint(path), path, *words)
 
 
 # --- round trip ----------------------------------------------------------------------------------
 
 
 def test_round_trip_restores_weights_config_schedule_and_metadata(tmp_path):
-    model = tiny_unet(dropout=0.1).eval()
+    model = tiny_unet(dropout=0.1)
     path = tmp_path / "nested" / "model.pt"
     save_checkpoint(path, model, DIFFUSION_CONFIG, TRAINING)
 
@@ -196,16 +179,6 @@ def test_nan_weights(tmp_path):
     assert_refused(path, "NaN", "conv_in.weight")
 
 
-class CreatesMarker:
-    """Unpickling this calls open(marker, "w"): code execution, with a visible side effect."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def malicious_checkpoint(path, marker):
     payload = {
         "format": FORMAT,
@@ -237,69 +210,3 @@ def test_code_in_a_pickle_is_refused_and_not_run(tmp_path):
     bare.write_bytes(pickle.dumps(CreatesMarker(marker), protocol=2))
     assert_refused(bare)
     assert not marker.exists()
-
-
-# --- devices -------------------------------------------------------------------------------------
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="only meaningful where no CUDA GPU is visible")
-@pytest.mark.parametrize("spec", ["cuda", "cuda:0"])
-def test_asking_for_cuda_without_a_gpu_is_an_error(spec):
-    with pytest.raises(DiagnosticsError, match="no CUDA GPU is visible"):
-        resolve_device(spec)
-
-
-def test_auto_and_cpu_devices():
-    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_device() == resolve_device("auto")
-    assert resolve_device("cpu") == torch.device("cpu")
-
-
-@pytest.mark.parametrize("spec", ["gpu", "banana", "cuda:x"])
-def test_unknown_device_names(spec):
-    with pytest.raises(DiagnosticsError, match="not a device name"):
-        resolve_device(spec)
-
-
-FREED_MEMORY_PROBE = """
-import ctypes, sys
-from diffusion_diagnostics.runtime import keep_freed_memory
-
-FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
-
-
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS.split()]
-
-
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = MallInfo2
-libc.malloc.restype = ctypes.c_void_p
-took = keep_freed_memory() if sys.argv[1] == "keep" else False
-block = libc.malloc(64 << 20)
-mapped = libc.mallinfo2().hblkhd  # bytes in blocks of their own mmap, which free() unmaps
-libc.free(ctypes.c_void_p(block))
-print(took, mapped >= 64 << 20, libc.mallinfo2().fordblks >= 64 << 20)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc: Linux only")
-def test_keep_freed_memory_keeps_large_freed_blocks_for_reuse():
-    """A 64 MiB block: by default glibc gives it its own mapping and unmaps it when freed; after
-    keep_freed_memory it comes from the heap and stays there, free for the next allocation."""
-    probe = FREED_MEMORY_PROBE
-    answers = {
-        mode: subprocess.run(
-            [sys.executable, "-c", probe, mode], capture_output=True, text=True, check=True
-        ).stdout.split()
-        for mode in ("default", "keep")
-    }
-    assert answers["default"] == ["False", "True", "False"]
-    assert answers["keep"] == ["True", "False", "True"]
-
-
-def test_precision_names():
-    assert autocast_dtype("float32") is None
-    assert autocast_dtype("bfloat16") is torch.bfloat16
-    with pytest.raises(DiagnosticsError, match="precision 'float16' is not one of float32, bfloat16"):
-        autocast_dtype("float16")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import random
+from functools import partial
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from diffusion_diagnostics.classifier import (
     train_classifier,
 )
 
-from conftest import tiny_unet
+from doubles import CreatesMarker, one_error_line, tiny_unet
 
 
 def bars(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,9 +105,9 @@ def test_bad_training_inputs_are_one_line_errors():
         (images * 255, "expected [-1, 1]"),
         (images[:, 0], "expected (N, 1, 28, 28)"),
     ):
-        with pytest.raises(DiagnosticsError) as caught:
-            train_classifier(arguments, labels, images, labels, steps=1, batch_size=8)
-        assert words in str(caught.value) and "\n" not in str(caught.value)
+        one_error_line(
+            partial(train_classifier, arguments, labels, images, labels, steps=1, batch_size=8), words
+        )
     with pytest.raises(DiagnosticsError, match="labels"):
         train_classifier(images, labels[:-1], images, labels, steps=1, batch_size=8)
     with pytest.raises(DiagnosticsError, match="batch_size"):
@@ -159,13 +160,8 @@ def test_round_trip_gives_identical_logits(trained, tmp_path):
 
 
 def assert_refused(path, *words: str) -> str:
-    with pytest.raises(DiagnosticsError) as caught:
-        load_classifier(path)
-    message = str(caught.value)
-    assert "\n" not in message, message
-    for word in (str(path), "rerun the train_classifier rule", *words):
-        assert word in message, message
-    return message
+    """load_classifier(path) stops with one error line naming the file and the rule to rerun."""
+    return one_error_line(lambda: load_classifier(path), path, "rerun the train_classifier rule", *words)
 
 
 def test_missing_empty_and_corrupt_files(tmp_path):
@@ -194,16 +190,6 @@ def test_weights_of_another_network_and_another_version(tmp_path):
         path = tmp_path / f"version-{other}.pt"
         torch.save({"format": FORMAT, "version": other, "state_dict": {}, "summary": {}}, path)
         assert_refused(path, f"version {other} is not supported")
-
-
-class CreatesMarker:
-    """Unpickling this calls open(marker, "w"): code execution, with a visible side effect."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 def test_code_in_a_pickle_is_refused_and_not_run(tmp_path):

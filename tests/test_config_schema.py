@@ -1,4 +1,6 @@
-"""Config fuzzing: every invalid value is rejected naming its key; every valid config passes."""
+"""The config against its schema: the cases a user meets, config fuzzing (every invalid value is
+rejected naming its key; every valid config passes), and the schema's process keys against the
+process configuration's one home, ProcessConfig."""
 
 from __future__ import annotations
 
@@ -9,10 +11,17 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from diffusion_diagnostics import DiagnosticsError
 from diffusion_diagnostics.config import check_config
+from diffusion_diagnostics.process_config import (
+    BETA_SCHEDULES,
+    PREDICTION_TYPES,
+    TIMESTEP_SPACINGS,
+    VARIANCE_TYPES,
+    ProcessConfig,
+)
 
 from conftest import REPO, tiny_config
+from doubles import one_error_line
 
 SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
@@ -86,10 +95,8 @@ def with_value(config: dict, path: tuple, value) -> dict:
 
 
 def rejection(config: dict) -> str:
-    with pytest.raises(DiagnosticsError) as error:
-        check_config(config, SCHEMA_PATH)
-    message = str(error.value)
-    assert "\n" not in message and "Traceback" not in message
+    message = one_error_line(lambda: check_config(config, SCHEMA_PATH))
+    assert "Traceback" not in message
     return message
 
 
@@ -98,7 +105,40 @@ def test_shipped_and_tiny_configs_are_valid():
     check_config(tiny_config(), SCHEMA_PATH)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize(
+    ("path", "value", "key"),
+    [
+        (("threads",), 0, "threads"),
+        (("interpolation", "n"), "eight", "interpolation.n"),
+        (("data", "source"), "imagenet", "data.source"),
+        (("train", "lr"), -1.0, "train.lr"),
+        (("unknown_knob",), 1, "(top level)"),
+        (("models",), {"bad/name": {}}, "models"),
+        (("models",), {"compare": {}}, "models"),
+        (("models",), {"a": {"epochs": 3}}, "models.a"),
+        (("models",), {"a": {"train": {"lr": -1.0}}}, "models.a.train.lr"),
+    ],
+)
+def test_what_users_get_wrong_is_one_line_naming_the_key(path, value, key):
+    """The workflow's own run of one such case is in test_workflow.py."""
+    assert rejection(with_value(tiny_config(), path, value)).startswith(f"config error at {key}:")
+
+
+def test_the_process_keys_are_those_of_the_process_configuration():
+    """config.yaml's diffusion defaults are ProcessConfig's, and the schema allows what it does."""
+    assert ProcessConfig.from_dict(DEFAULT["diffusion"]) == ProcessConfig()
+    settings = SCHEMA["definitions"]["diffusion_settings"]["properties"]
+    assert set(settings) <= set(ProcessConfig().to_dict())
+    for key, allowed in (
+        ("beta_schedule", BETA_SCHEDULES),
+        ("prediction_type", PREDICTION_TYPES),
+        ("variance_type", VARIANCE_TYPES),
+    ):
+        assert tuple(settings[key]["enum"]) == allowed, key
+    assert tuple(SCHEMA["properties"]["timestep_spacing"]["enum"]) == TIMESTEP_SPACINGS
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_a_value_of_the_wrong_type_is_rejected_naming_its_key(data):
     path, schema = data.draw(st.sampled_from(LEAVES))
@@ -113,7 +153,7 @@ BOUNDED = [
 ]
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(data=st.data())
 def test_zero_negative_and_out_of_range_numbers_are_rejected(data):
     path, schema = data.draw(st.sampled_from(BOUNDED))
@@ -124,7 +164,7 @@ def test_zero_negative_and_out_of_range_numbers_are_rejected(data):
     assert ".".join(path) in rejection(with_value(DEFAULT, path, below))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     section=st.sampled_from([(), ("data",), ("train",), ("interpolation",), ("interpolation", "ddim")]),
     key=st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12),
@@ -161,7 +201,7 @@ def valid_value(schema: dict):
     return None  # strings and arrays keep their shipped values
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(data=st.data())
 def test_every_valid_config_passes(data):
     config = copy.deepcopy(DEFAULT)

@@ -25,35 +25,13 @@ from torch import nn
 from diffusion_diagnostics import DiagnosticsError, DiffusionProcess
 from diffusion_diagnostics.diffusion import SamplingOptions, ddim_timesteps, trailing_timesteps
 
-from conftest import tiny_unet
+from doubles import StandIn, one_error_line, reference_betas, reference_schedule, tiny_unet
 
 MU, SD = 0.3, 0.5
 # The workflow's default schedule: with it ᾱ_T ≈ 4e-5, so x_T ~ N(0, I) really is the prior.
 T_GAUSS, BETA_START, BETA_END = 1000, 1e-4, 0.02
 N_SAMPLES, SAMPLE_SHAPE = 4096, (1, 4, 4)  # 65,536 independent scalars per sampler run
 Z = 5.0  # tolerance in standard errors for every statistical check
-
-
-def reference_betas(
-    timesteps: int, beta_start: float, beta_end: float, schedule: str = "linear"
-) -> np.ndarray:
-    """β_t as Ho et al. (linear), Rombach et al. (scaled_linear), Nichol & Dhariwal (cosine) define them."""
-    if schedule == "linear":
-        return np.linspace(beta_start, beta_end, timesteps, dtype=np.float64)
-    if schedule == "scaled_linear":
-        return np.linspace(math.sqrt(beta_start), math.sqrt(beta_end), timesteps, dtype=np.float64) ** 2
-    assert schedule == "squaredcos_cap_v2"
-    s = np.arange(timesteps + 1) / timesteps
-    f = np.cos((s + 0.008) / 1.008 * np.pi / 2) ** 2  # ᾱ(s) of Nichol & Dhariwal eq. 17
-    return np.minimum(1 - f[1:] / f[:-1], 0.999)
-
-
-def reference_schedule(
-    timesteps: int, beta_start: float, beta_end: float, schedule: str = "linear"
-) -> dict[str, np.ndarray]:
-    betas = reference_betas(timesteps, beta_start, beta_end, schedule)
-    alpha_bars = np.cumprod(1.0 - betas)
-    return {"betas": betas, "alpha_bars": alpha_bars, "alpha_bars_prev": np.r_[1.0, alpha_bars[:-1]]}
 
 
 def reference_trailing(timesteps: int, num_steps: int) -> list[int]:
@@ -64,7 +42,7 @@ def broadcast(values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
     return values[t].reshape(-1, *([1] * (ndim - 1)))
 
 
-class GaussianOptimalEps(nn.Module):
+class GaussianOptimalEps(StandIn):
     """The exact E[ε | x_t] for data x0 ~ N(μ, s²) i.i.d. per pixel, evaluated in float64, and
     output as the prediction type asks: ε itself, x_0 = (x_t - √(1-ᾱ) ε) / √ᾱ or
     v = √ᾱ ε - √(1-ᾱ) x_0 (the optima of those objectives, since they are affine in ε)."""
@@ -73,8 +51,6 @@ class GaussianOptimalEps(nn.Module):
         super().__init__()
         self.mu, self.sd, self.prediction_type = mu, sd, prediction_type
         self.register_buffer("alpha_bars", torch.from_numpy(alpha_bars))
-        # No learnable weights, but a parameter so that runtime.model_device finds the device.
-        self.device_anchor = nn.Parameter(torch.zeros(()))
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         ab = broadcast(self.alpha_bars, t, x_t.ndim)
@@ -225,8 +201,10 @@ def test_trained_betas_are_the_schedule():
     [("beta_schedule", "sigmoid"), ("prediction_type", "noise"), ("variance_type", "learned_range")],
 )
 def test_unknown_schedule_parametrization_or_variance_is_one_line(key, value):
-    with pytest.raises(DiagnosticsError, match=f"{key} '{value}' is not supported; use one of"):
-        DiffusionProcess(nn.Identity(), 20, **{key: value})
+    one_error_line(
+        lambda: DiffusionProcess(nn.Identity(), 20, **{key: value}),
+        f"{key} '{value}' is not supported; use one of",
+    )
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
@@ -285,12 +263,8 @@ def test_add_noise_draws_from_q_xt_given_x0():
 # --- single steps --------------------------------------------------------------------------------
 
 
-class KnownEps(nn.Module):
+class KnownEps(StandIn):
     """ε̂(x, t) = 0.4 x + 0.01 t - 0.3: depends on t, so a wrong t would show."""
-
-    def __init__(self):
-        super().__init__()
-        self.device_anchor = nn.Parameter(torch.zeros(()))
 
     def forward(self, x, t):
         return 0.4 * x + 0.01 * t.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1))) - 0.3
@@ -403,10 +377,10 @@ def test_timestep_spacings_are_diffusers(spacing, timesteps, num_steps):
 
 
 def test_leading_spacing_past_the_schedule_is_one_line():
-    with pytest.raises(DiagnosticsError, match="steps_offset 5 puts the first"):
-        ddim_timesteps(20, 4, "leading", 5)
-    with pytest.raises(DiagnosticsError, match="timestep_spacing 'even' is not supported"):
-        SamplingOptions(timestep_spacing="even")
+    one_error_line(lambda: ddim_timesteps(20, 4, "leading", 5), "steps_offset 5 puts the first")
+    one_error_line(
+        lambda: SamplingOptions(timestep_spacing="even"), "timestep_spacing 'even' is not supported"
+    )
 
 
 @pytest.mark.parametrize("num_steps", [0, -1, 21])

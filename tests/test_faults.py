@@ -6,63 +6,47 @@ import csv
 
 import pytest
 import torch
-from torch import nn
 
 import diffusion_diagnostics.training as training
-from diffusion_diagnostics import DiagnosticsError, DiffusionProcess, interpolate_noise_and_generate
+from diffusion_diagnostics import DiagnosticsError, interpolate_noise_and_generate
 from diffusion_diagnostics.checkpoint import load_checkpoint
 from diffusion_diagnostics.decoding import interpolation_grid
 from diffusion_diagnostics.grids import save_grid
 from diffusion_diagnostics.training import TrainConfig, train
 
-
-class BreaksAt(nn.Module):
-    """Predicts ε̂ = scale · x_t (zero by default), except NaN (or Inf) from timestep ``bad_from``
-    downwards."""
-
-    def __init__(self, bad_from: int, value: float = float("nan"), scale: float = 0.0):
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(()))
-        self.bad_from, self.value, self.scale = bad_from, value, scale
-
-    def forward(self, x, t):
-        eps = self.scale * x + self.anchor
-        broken = (t <= self.bad_from).reshape(-1, 1, 1, 1)
-        return torch.where(broken, torch.full_like(x, self.value), eps)
-
-
-def process(bad_from: int, value: float = float("nan"), scale: float = 0.0) -> DiffusionProcess:
-    return DiffusionProcess(BreaksAt(bad_from, value, scale), timesteps=20, sample_shape=(1, 28, 28))
+from doubles import breaking_process
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_ddpm_sampling_names_the_first_bad_timestep(value):
     with pytest.raises(DiagnosticsError, match="timestep 7"):
-        process(7, value).sample(torch.randn(2, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+        breaking_process(7, value).sample(
+            torch.randn(2, 1, 28, 28), generator=torch.Generator().manual_seed(0)
+        )
 
 
 def test_ddim_sampling_names_the_first_bad_timestep():
     # 20 timesteps in 5 trailing steps: 19, 15, 11, 7, 3; the model breaks from t = 12 down.
     with pytest.raises(DiagnosticsError, match="timestep 11"):
-        process(12).sample_ddim(torch.randn(2, 1, 28, 28), num_steps=5)
+        breaking_process(12).sample_ddim(torch.randn(2, 1, 28, 28), num_steps=5)
 
 
 def test_ddim_inversion_names_the_first_bad_timestep():
     with pytest.raises(DiagnosticsError, match="timestep 3"):
-        process(3).ddim_invert(torch.zeros(2, 1, 28, 28), num_steps=5)
+        breaking_process(3).ddim_invert(torch.zeros(2, 1, 28, 28), num_steps=5)
 
 
 def test_a_broken_model_writes_no_grid(tmp_path):
     path = tmp_path / "interp.png"
     with pytest.raises(DiagnosticsError, match="NaN or Inf at timestep 5"):
-        interpolate_noise_and_generate(process(5), n=2, steps=3, save_path=str(path))
+        interpolate_noise_and_generate(breaking_process(5), n=2, steps=3, save_path=str(path))
     assert not path.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_a_healthy_model_with_large_outputs_is_not_taken_for_a_broken_one(tmp_path):
     """The watch flags NaN and Inf only: a network whose outputs are as large as 1e30 but finite
     samples (DDPM with x̂_0 clipped) and saves its grid."""
-    diffusion = process(-1, scale=1e30)
+    diffusion = breaking_process(-1, scale=1e30)
     images = interpolation_grid(
         diffusion, torch.randn(1, 1, 28, 28), torch.randn(1, 1, 28, 28), 3, progress=False
     )

@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from diffusion_diagnostics import DiagnosticsError, DiffusionProcess
 from diffusion_diagnostics.diffusion import SamplingOptions
 from diffusion_diagnostics.fidelity import ddim_step_sweep, inversion_reconstruction
 
-from conftest import tiny_unet
+from doubles import ZeroEps, tiny_unet
 
 T = 20
-
-
-class ZeroEps(nn.Module):
-    """ε̂ ≡ 0: DDIM then scales by √ᾱ, so x_0 = x_T / √ᾱ_{T-1} at every S and inversion is exact."""
-
-    def __init__(self):
-        super().__init__()
-        self.anchor = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x, t):
-        return torch.zeros_like(x)
 
 
 def process(model) -> DiffusionProcess:

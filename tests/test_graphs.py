@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_faults import process as breaking_process
 
 import diffusion_diagnostics.diffusion as diffusion_module
 from diffusion_diagnostics import DiagnosticsError, DiffusionProcess
 from diffusion_diagnostics.diffusion import NonFiniteWatch, SamplingOptions
 
-from conftest import tiny_unet
+from doubles import breaking_process, tiny_unet
 
 GRAPHS = SamplingOptions(cuda_graphs=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from functools import partial
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from diffusion_diagnostics.diffusion import SamplingOptions
 from diffusion_diagnostics.grids import load_endpoints, load_grid_images, save_grid_images, tile_rows
 from diffusion_diagnostics.real_digits import interpolate_real, select_pairs
 
-from conftest import tiny_unet
+from doubles import one_error_line, tiny_unet
 
 T = 10
 PAD = 2  # torchvision make_grid's default padding, which save_image uses
@@ -441,10 +442,7 @@ def test_saved_grid_images_round_trip_and_a_bad_file_names_its_rule(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a grid")
     (tmp_path / "endpoints.pt").write_bytes((tmp_path / "grid.pt").read_bytes())
     for name, problem in [("bad.pt", "not a readable PyTorch file"), ("missing.pt", "no such file")]:
-        with pytest.raises(DiagnosticsError) as error:
-            load_grid_images(tmp_path / name)
-        message = str(error.value)
-        assert "\n" not in message and name in message and problem in message
+        message = one_error_line(partial(load_grid_images, tmp_path / name), name, problem)
         assert message.endswith("rerun the interpolation_samples rule")
     with pytest.raises(DiagnosticsError, match="rerun the noise_endpoints rule$"):
         load_endpoints(tmp_path / "endpoints.pt")  # a grid is not an endpoint file

@@ -20,11 +20,13 @@ import own_network
 import pytest
 import torch
 
-from diffusion_diagnostics import DiagnosticsError, DiffusionProcess, load_model, save_checkpoint
+from diffusion_diagnostics import DiffusionProcess, load_model, save_checkpoint
 from diffusion_diagnostics.diffusion import SamplingOptions
 from diffusion_diagnostics.models import hub_folder_name, load_entry_point
+from diffusion_diagnostics.process_config import ProcessConfig
 
-from conftest import COMMIT, StandInHub, tiny_unet
+from conftest import COMMIT, StandInHub
+from doubles import one_error_line, tiny_unet
 
 T = 30
 UNET = {
@@ -81,13 +83,7 @@ def edit_json(path: Path, **changes) -> None:
 
 def refused(source, *words: str, **kwargs) -> str:
     """load_model(source) stops with one DiagnosticsError line holding every one of ``words``."""
-    with pytest.raises(DiagnosticsError) as caught:
-        load_model(source, **kwargs)
-    message = str(caught.value)
-    assert "\n" not in message, message
-    for word in words:
-        assert word in message, message
-    return message
+    return one_error_line(lambda: load_model(source, **kwargs), *words)
 
 
 def diffusers_ddim(unet, scheduler, x: torch.Tensor, num_steps: int) -> torch.Tensor:
@@ -151,10 +147,7 @@ def test_sample_size_may_be_a_pair(tmp_path):
 def test_a_unet_without_sample_size_is_refused(tmp_path):
     folder = ddpm_folder(tmp_path / "model", "flat", diffusers_unet(sample_size=None))
 
-    with pytest.raises(DiagnosticsError, match=r"config.json: sample_size is not set") as error:
-        load_model(folder)
-
-    assert "\n" not in str(error.value)
+    refused(folder, "config.json: sample_size is not set")
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -224,6 +217,13 @@ def test_log_variances_read_as_the_same_variances(tmp_path):
     diffusion, _ = load_model(folder)
 
     assert diffusion.variance_type == "fixed_large"
+
+
+@pytest.mark.parametrize("scheduler", [diffusers.DDPMScheduler, diffusers.DDIMScheduler])
+def test_the_process_defaults_are_diffusers_scheduler_defaults(scheduler):
+    """A key a config leaves out means the same here as in diffusers (and the planner, which has
+    no diffusers, fills it in from ProcessConfig)."""
+    assert ProcessConfig.from_scheduler_config(dict(scheduler().config), "defaults") == ProcessConfig()
 
 
 def test_old_scheduler_config_takes_diffusers_defaults(flat_folder):

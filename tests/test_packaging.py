@@ -4,8 +4,8 @@ package from src/ without installing it, lists exactly its dependencies and its 
 extras."""
 
 import re
-import tomllib
 
+import tomllib
 import yaml
 
 from conftest import REPO

@@ -56,21 +56,9 @@ def run(tmp_path, name: str, steps: int, state_name: str = "state.pt", **setting
     return summary, load_checkpoint(tmp_path / f"{name}.pt")[0]
 
 
-TRAIN_SCRIPT = """
-import sys, torch
-sys.path.insert(0, {tests!r})
-from test_training import run
-from pathlib import Path
-torch.set_num_threads(1)
-run(Path({tmp!r}), {name!r}, steps={steps}, state_name={state!r})
-"""
-
-
 def train_in_subprocess(tmp_path, name, steps, state):
-    script = TRAIN_SCRIPT.format(
-        tests=str(Path(__file__).parent), tmp=str(tmp_path), name=name, steps=steps, state=state
-    )
-    return subprocess.Popen([sys.executable, "-c", script])
+    """``run`` in a process of its own, which a test can kill with SIGKILL (see the end of this file)."""
+    return subprocess.Popen([sys.executable, __file__, str(tmp_path), name, str(steps), state])
 
 
 def test_run_killed_with_sigkill_resumes_to_identical_weights(tmp_path):
@@ -192,3 +180,10 @@ def test_epoch_sampler_visits_every_image_once_per_epoch():
     assert sorted(epoch.tolist()) == list(range(12))
     again = EpochSampler(size=12, batch_size=4, seed=3)
     assert torch.equal(again.indices(4), sampler.indices(4))  # any step is recomputable
+
+
+# train_in_subprocess runs this file as a script: one training run, in a process a test can kill.
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    directory, name, steps, state_name = sys.argv[1:]
+    run(Path(directory), name, steps=int(steps), state_name=state_name)

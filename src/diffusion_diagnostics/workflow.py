@@ -26,16 +26,16 @@ def run_rule(main: Callable[[object], None], snakemake) -> None:
     torch gets exactly the rule's threads, and freed memory is kept for reuse (see
     :func:`~diffusion_diagnostics.runtime.keep_freed_memory`). A DiagnosticsError becomes one
     ``error:`` line in the log and on the terminal and a non-zero exit; anything else is a bug and
-    keeps its traceback.
+    keeps its traceback. Stderr and the logging handlers are the caller's again afterwards.
     """
+    callers_stderr, root = sys.stderr, logging.getLogger()
+    callers_handlers, callers_level = root.handlers[:], root.level
     with open(snakemake.log[0], "w") as log_file:
         sys.stderr = log_file
-        logging.basicConfig(
-            stream=log_file,
-            level=logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            force=True,
-        )
+        to_log = logging.StreamHandler(log_file)
+        to_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.handlers[:] = [to_log]
+        root.setLevel(logging.INFO)
         torch.set_num_threads(max(1, int(snakemake.threads)))
         keep_freed_memory()
         try:
@@ -43,14 +43,16 @@ def run_rule(main: Callable[[object], None], snakemake) -> None:
         except DiagnosticsError as error:
             message = f"error in rule {snakemake.rule}: {error}"
             print(message, file=log_file, flush=True)
-            print(message, file=sys.__stderr__, flush=True)
+            print(message, file=callers_stderr, flush=True)
             sys.exit(1)
         except Exception:
             # A bug, not bad input: keep the whole traceback in the log.
             traceback.print_exc(file=log_file)
             raise
         finally:
-            sys.stderr = sys.__stderr__
+            sys.stderr = callers_stderr
+            root.handlers[:] = callers_handlers
+            root.setLevel(callers_level)
 
 
 def load_rule_model(snakemake) -> tuple[DiffusionProcess, dict]:

@@ -1,11 +1,14 @@
 """The workflow on a real SLURM cluster through profiles/slurm.
 
 A throw-away one-node cluster (munged, slurmctld, slurmd on 127.0.0.1, one fake GPU) is started
-by tests/slurm/start-cluster.sh for the session and stopped by tests/slurm/stop-cluster.sh. The
-tiny config then runs through `snakemake --profile profiles/slurm` and the test checks, from the
-plugin's sbatch lines and from SLURM's own job records, that the GPU rules were GPU jobs
-(--gpus=1, TresPerJob=gres:gpu:1), the CPU rules CPU jobs and download_mnist no job at all; that
-the results equal those of a local run; and that a job failing on the cluster fails the run.
+by tests/slurm/start-cluster.sh for the session and stopped by tests/slurm/stop-cluster.sh. One
+sweep of the tiny config runs through `snakemake --profile profiles/slurm`: a model trained as the
+tiny config trains it, with every output of a single run, beside a given checkpoint that goes as
+far as the comparison. The tests check, from the plugin's sbatch lines and from SLURM's own job
+records, that the GPU rules were GPU jobs (--gpus=1, TresPerJob=gres:gpu:1), the CPU rules CPU
+jobs and download_mnist no job at all; that each model's work ran as jobs of its own; that the
+trained model's results equal those of the local run of the tiny config; and, in a second run,
+that a job failing on the cluster fails the run.
 
 Where SLURM cannot run (not root, no apt-get, the start script fails) the tests are SKIPPED with
 the reason, except with CI=true on a root machine with apt-get: there that is a FAILURE.
@@ -43,6 +46,7 @@ START_SCRIPT = REPO / "tests" / "slurm" / "start-cluster.sh"
 STOP_SCRIPT = REPO / "tests" / "slurm" / "stop-cluster.sh"
 
 CPU_RULES = {
+    "compare_timestep_loss",
     "describe_model",
     "noise_endpoints",
     "plot_timestep_loss",
@@ -51,10 +55,21 @@ CPU_RULES = {
     "interpolation_grid_ddim",
     "interpolation_metrics",
 }
-# Jobs the tiny DAG sends to SLURM: noise_endpoints runs once per sampler, interpolation_samples
-# once per decoded grid (the tiny config's three metric variants and the DDIM picture's grid).
+# The sweep's two models: TRAINED is trained with the tiny config's settings, so its files equal
+# the local single-model run's; GIVEN, a checkpoint file, goes as far as the comparison.
+TRAINED, GIVEN = "trained", "given"
+# Jobs the run sends to SLURM: TRAINED's whole DAG (noise_endpoints once per sampler,
+# interpolation_samples once per decoded grid: the tiny config's three metric variants and the
+# DDIM picture's grid), GIVEN's describe_model and timestep_loss, and the comparison.
 EXPECTED_SUBMISSIONS = collections.Counter(
-    {**dict.fromkeys(GPU_RULES | CPU_RULES, 1), "noise_endpoints": 2, "interpolation_samples": 4}
+    {
+        **dict.fromkeys(GPU_RULES | CPU_RULES, 1),
+        "noise_endpoints": 2,
+        "interpolation_samples": 4,
+        "describe_model": 2,
+        "timestep_loss": 2,
+        "compare_timestep_loss": 1,
+    }
 )
 # The non-default partition of the test cluster: a job lands there only if the override reached sbatch.
 PARTITION = "test"
@@ -248,12 +263,38 @@ def _cluster_snakemake(workdir: Path, *args: str, configfile: Path = TINY_CONFIG
     return run
 
 
+def _sweep_config(workdir: Path) -> Path:
+    """The tiny config with the two models (GIVEN's checkpoint written into ``workdir``)."""
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    torch.manual_seed(0)
+    given = workdir / "given_model.pt"
+    save_checkpoint(given, UNet(**config["model"]), config["diffusion"])
+    config["models"] = {TRAINED: {}, GIVEN: {"checkpoint": str(given)}}
+    configfile = workdir / "sweep_config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    return configfile
+
+
+def _as_trained_model(local_path: str) -> str:
+    """Where the sweep writes TRAINED's copy of a single run's file: results/<model>/…; the
+    judge, results/classifier/, is one for all models."""
+    if local_path.startswith("results/classifier/"):
+        return local_path
+    return local_path.replace("results/", f"results/{TRAINED}/", 1)
+
+
+TRAINED_FILES = ["results/train/best_model.pt", "results/train/history.csv", "results/train/loss_curve.png"]
+
+
 @pytest.fixture(scope="module")
 def cluster_run(slurm_cluster, tmp_path_factory):
-    """The tiny workflow through the profile; None without a cluster (the tests then skip or fail)."""
+    """The sweep through the profile; None without a cluster (the tests then skip or fail)."""
     if slurm_cluster.problem is not None:
         return None
-    return _cluster_snakemake(tmp_path_factory.mktemp("cluster"))
+    workdir = tmp_path_factory.mktemp("cluster")
+    targets = [_as_trained_model(name) for name in [*OUTPUTS, *TRAINED_FILES]]
+    configfile = _sweep_config(workdir)
+    return _cluster_snakemake(workdir, *targets, "results/compare/timestep_loss.png", configfile=configfile)
 
 
 def _succeeded(cluster: Cluster, run: Run | None) -> Run:
@@ -363,13 +404,16 @@ def test_cluster_results_equal_local_results(slurm_cluster, cluster_run, request
     cluster_run = _succeeded(slurm_cluster, cluster_run)
     # conftest.py's run of the same config on this machine (--cores 2 --resources gpu=1).
     tiny_run = request.getfixturevalue("tiny_run")
-    trained = ["results/train/best_model.pt", "results/train/history.csv", "results/train/loss_curve.png"]
-    expected = {*OUTPUTS, *trained}
-    cluster_files, local_files = _files(cluster_run.workdir), _files(tiny_run)
-    assert expected <= cluster_files, sorted(expected - cluster_files)
-    assert cluster_files == local_files, sorted(cluster_files ^ local_files)
+    local_files = {
+        name for name in _files(tiny_run) if name.startswith("results/") and "/benchmarks/" not in name
+    }
+    assert {*OUTPUTS, *TRAINED_FILES} <= local_files
+    cluster_files = _files(cluster_run.workdir)
+    assert {_as_trained_model(name) for name in local_files} <= cluster_files, sorted(
+        {_as_trained_model(name) for name in local_files} - cluster_files
+    )
 
-    cluster_loss = _csv_rows(cluster_run.workdir / "results" / "timestep_loss.csv")
+    cluster_loss = _csv_rows(cluster_run.workdir / _as_trained_model("results/timestep_loss.csv"))
     local_loss = _csv_rows(tiny_run / "results" / "timestep_loss.csv")
     assert len(cluster_loss) == len(local_loss) > 0
     for cluster_row, local_row in zip(cluster_loss, local_loss, strict=True):
@@ -380,11 +424,39 @@ def test_cluster_results_equal_local_results(slurm_cluster, cluster_run, request
             assert cluster_row[key] == same, (key, cluster_row, local_row)
 
     for sampler in ("ddpm", "ddim"):
-        relative = Path("results") / "noise" / f"{sampler}_endpoints.pt"
-        on_cluster = torch.load(cluster_run.workdir / relative, weights_only=True)
+        relative = f"results/noise/{sampler}_endpoints.pt"
+        on_cluster = torch.load(cluster_run.workdir / _as_trained_model(relative), weights_only=True)
         local = torch.load(tiny_run / relative, weights_only=True)
         for key in ("z0", "z1"):
             assert torch.equal(on_cluster[key], local[key]), f"{relative}: {key} differs"
+
+
+def test_each_model_runs_as_jobs_of_its_own_side_by_side(slurm_cluster, cluster_run):
+    """With one GPU on this node the GPU jobs run one after another, so side by side shows as:
+    the given model's first job (describe_model) is submitted at the start, before the other
+    model's training has ended. The comparison holds both models' rows."""
+    cluster_run = _succeeded(slurm_cluster, cluster_run)
+    models = collections.defaultdict(set)
+    for job in cluster_run.jobs:
+        models[job.record.get("Comment", "").partition("_wildcards_")[2]].add(job.rule)
+    assert models[GIVEN] == {"describe_model", "timestep_loss"}, cluster_run.describe()
+    assert models[TRAINED] >= {"train", "describe_model", "timestep_loss", "sample_quality"}
+    job_ids = [job.record["JobId"] for job in cluster_run.jobs]
+    assert len(set(job_ids)) == len(job_ids)
+    [given_first] = [
+        job.record
+        for job in cluster_run.jobs
+        if job.rule == "describe_model" and GIVEN in job.record["Comment"]
+    ]
+    [training] = [job.record for job in cluster_run.jobs if job.rule == "train"]
+    assert given_first["SubmitTime"] < training["EndTime"], (given_first, training)
+
+    results = cluster_run.workdir / "results"
+    combined = _csv_rows_by_model(results / "compare" / "timestep_loss.csv")
+    for model in (TRAINED, GIVEN):
+        assert combined[model] == _csv_rows(results / model / "timestep_loss.csv"), model
+    assert (results / "compare" / "timestep_loss.png").stat().st_size > 0
+    assert not (results / GIVEN / "train").exists()
 
 
 def test_failing_cluster_job_fails_the_run(slurm_cluster, cluster_run, tmp_path):
@@ -419,52 +491,6 @@ def test_failing_cluster_job_fails_the_run(slurm_cluster, cluster_run, tmp_path)
     assert "error in rule describe_model:" in slurm_log.read_text(), _tail(slurm_log.read_text())
     assert not (tmp_path / "results" / "model.json").exists()
     assert not (tmp_path / "results" / "timestep_loss.csv").exists()
-
-
-def test_sweep_runs_each_model_as_its_own_jobs(slurm_cluster, tmp_path):
-    """Two models (one given, one trained) to their comparison: one SLURM job per model and rule.
-
-    Only the comparison is asked for (the grids would add minutes and nothing new). With one GPU
-    on this node the GPU jobs run one after another, so side by side shows as: the given model's
-    first job (describe_model) is submitted at the start, before the other model's training has
-    ended.
-    """
-    slurm_cluster.require()
-    config = yaml.safe_load(TINY_CONFIG.read_text())
-    torch.manual_seed(0)
-    given = tmp_path / "given_model.pt"
-    save_checkpoint(given, UNet(**config["model"]), config["diffusion"])
-    config["models"] = {"given": {"checkpoint": str(given)}, "small": {"train": {"seed": 1, "steps": 3}}}
-    configfile = tmp_path / "sweep_config.yaml"
-    configfile.write_text(yaml.safe_dump(config))
-
-    run = _cluster_snakemake(tmp_path, "results/compare/timestep_loss.png", configfile=configfile)
-
-    assert run.returncode == 0, run.describe()
-    jobs = {(job.rule, job.record.get("Comment", "").partition("_wildcards_")[2]): job for job in run.jobs}
-    assert sorted(jobs) == [
-        ("compare_timestep_loss", ""),
-        ("describe_model", "given"),
-        ("describe_model", "small"),
-        ("timestep_loss", "given"),
-        ("timestep_loss", "small"),
-        ("train", "small"),
-    ], run.describe()
-    assert len({job.record["JobId"] for job in run.jobs}) == len(run.jobs) == 6
-    wanted = _profile()["set-resources"]
-    cpu_rules = {"compare_timestep_loss", "describe_model"}
-    for (rule, _), job in jobs.items():
-        assert job.record.get("JobState") == "COMPLETED", (rule, job.record)
-        assert ("--gpus=1" in job.sbatch) == (rule not in cpu_rules), job.sbatch
-        assert _option(job.sbatch, "-t", "--time") == str(wanted[rule]["runtime"]), job.sbatch
-    given_first, training = jobs["describe_model", "given"].record, jobs["train", "small"].record
-    assert given_first["SubmitTime"] < training["EndTime"], (given_first, training)
-
-    combined = _csv_rows_by_model(tmp_path / "results" / "compare" / "timestep_loss.csv")
-    for model in ("given", "small"):
-        assert combined[model] == _csv_rows(tmp_path / "results" / model / "timestep_loss.csv"), model
-    assert (tmp_path / "results" / "compare" / "timestep_loss.png").stat().st_size > 0
-    assert not (tmp_path / "results" / "given" / "train").exists()
 
 
 def _csv_rows_by_model(path: Path) -> dict[str, list[dict[str, float | str]]]:

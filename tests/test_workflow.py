@@ -10,8 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffusion_diagnostics.checkpoint import load_checkpoint, save_checkpoint
-from diffusion_diagnostics.unet import UNet
+from diffusion_diagnostics.checkpoint import load_checkpoint
 
 from conftest import GPU_RULES, OUTPUTS, planned_jobs, run_snakemake, tiny_config
 
@@ -111,64 +110,47 @@ def test_model_rules_claim_one_gpu(tmp_path):
             assert ("gpu=1" in block) == (header.group(1) in GPU_RULES), block
 
 
-def test_users_checkpoint_is_used_and_never_touched(tmp_path):
-    """A given checkpoint skips training, survives newer data and --delete-all-output."""
+# --- bad input. One snakemake run per kind of failure proves the wiring (the error reaches the
+# terminal as one line, nothing is left behind); the cases of each kind are checked in process:
+# the config's in test_config_schema.py, the sources' in test_sources.py, the checkpoint files'
+# in test_checkpoint.py.
+
+
+def the_error_line(output: str, prefix: str) -> str:
+    """The one line of a run's output that starts with ``prefix``."""
+    lines = [line for line in output.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def assert_nothing_made(workdir) -> None:
+    assert not (workdir / "results").exists() and not (workdir / "resources").exists()
+
+
+def test_a_bad_config_stops_the_run_before_anything_runs(tmp_path):
     config = tiny_config()
-    torch.manual_seed(0)
-    model = UNet(**config["model"])
-    user_model = tmp_path / "my_model.pt"
-    save_checkpoint(user_model, model, config["diffusion"])
-    before = (user_model.read_bytes(), user_model.stat().st_mtime_ns)
-    config["checkpoint"] = str(user_model)
-
-    first = run_snakemake(tmp_path, "--cores", "2", "--resources", "gpu=1", config=config)
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert not (tmp_path / "results/train/best_model.pt").exists()
-    assert all((tmp_path / name).exists() for name in OUTPUTS)
-
-    # Data newer than the checkpoint: a make-like tool would want to rebuild the model.
-    for split in ("train.pt", "validation.pt", "heldout.pt", "manifest.json"):
-        os.utime(tmp_path / "resources/mnist" / split)
-    again = run_snakemake(tmp_path, "--cores", "2", "--resources", "gpu=1", config=config)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "rule train:" not in again.stdout + again.stderr
-
-    deleted = run_snakemake(tmp_path, "--cores", "1", "--delete-all-output", config=config)
-    assert deleted.returncode == 0, deleted.stderr
-    assert not (tmp_path / "results/interp.png").exists()
-    assert (user_model.read_bytes(), user_model.stat().st_mtime_ns) == before
-
-
-@pytest.mark.parametrize(
-    ("override", "key"),
-    [
-        ({"threads": 0}, "threads"),
-        ({"interpolation": {"n": "eight"}}, "interpolation.n"),
-        ({"data": {"source": "imagenet"}}, "data.source"),
-        ({"train": {"lr": -1.0}}, "train.lr"),
-        ({"unknown_knob": 1}, "unknown_knob"),
-    ],
-)
-def test_bad_config_is_rejected_naming_the_key(tmp_path, override, key):
-    config = tiny_config()
-    for name, value in override.items():
-        if isinstance(value, dict):
-            config[name] = {**config[name], **value}
-        else:
-            config[name] = value
+    config["interpolation"] = {**config["interpolation"], "n": "eight"}
     result = run_snakemake(tmp_path, "--cores", "1", config=config)
     assert result.returncode != 0
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("config error at")]
-    assert len(error_lines) == 1 and key in error_lines[0], result.stderr
-    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+    assert the_error_line(result.stderr, "config error at").startswith("config error at interpolation.n:")
+    assert_nothing_made(tmp_path)
 
 
-def failing_rule_run(tmp_path, config, target):
+def test_a_checkpoint_that_is_not_there_stops_the_run_before_anything_runs(tmp_path):
+    config = {**tiny_config(), "checkpoint": "missing.pt"}
+    result = run_snakemake(tmp_path, "--cores", "1", config=config)
+    assert result.returncode != 0
+    # The whole output is that one line: no traceback, no Snakemake banner.
+    [line] = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert line.startswith("config error at checkpoint: missing.pt does not exist"), line
+    assert "set it to train to train a model with the workflow" in line
+    assert_nothing_made(tmp_path)
+
+
+def failing_rule_run(tmp_path, config, target) -> str:
     result = run_snakemake(tmp_path, "--cores", "1", target, config=config)
     assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error in rule")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
+    return the_error_line(result.stderr, "error in rule")
 
 
 def test_full_mnist_without_network_or_files_says_what_to_do(tmp_path, monkeypatch):
@@ -186,29 +168,15 @@ def test_full_mnist_without_network_or_files_says_what_to_do(tmp_path, monkeypat
     assert not list((tmp_path / "resources/mnist").glob("*.pt"))
 
 
-@pytest.mark.parametrize(
-    ("content", "expected"),
-    [
-        (b"", "empty"),
-        (b"\x00not a checkpoint" * 64, "not a readable PyTorch file"),
-        (None, "another architecture"),
-    ],
-)
-def test_bad_checkpoint_fails_the_rule_with_one_line(tmp_path, content, expected):
+def test_a_bad_checkpoint_fails_the_first_rule_that_reads_it_with_one_line(tmp_path):
     config = tiny_config()
     bad = tmp_path / "bad_model.pt"
-    if content is None:
-        config_small = {**config["model"], "base_channels": 16}
-        payload_model = UNet(**config_small)
-        save_checkpoint(
-            bad, UNet(**config["model"]), config["diffusion"], state_dict=payload_model.state_dict()
-        )
-    else:
-        bad.write_bytes(content)
+    bad.write_bytes(b"\x00not a checkpoint" * 64)
     config["checkpoint"] = str(bad)
     line = failing_rule_run(tmp_path, config, "results/timestep_loss.csv")
     # The first rule to read a model is describe_model, which every model rule waits for.
-    assert "describe_model" in line and str(bad) in line and expected in line
+    assert "describe_model" in line and str(bad) in line and "not a readable PyTorch file" in line
+    assert not (tmp_path / "results/model.json").exists()
     assert not (tmp_path / "results/timestep_loss.csv").exists()
 
 

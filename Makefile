@@ -37,11 +37,14 @@ run: $(VENV)/.installed-run
 report: $(VENV)/.installed-run
 	$(BIN)/snakemake --report results/report.html
 
+# Spread over every core; tests that share an expensive fixture share a worker (tests/conftest.py).
+PYTEST := $(BIN)/python -m pytest -n auto --dist loadgroup
+
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 unit: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -m "not workflow and not slurm"
+	$(PYTEST) -m "not workflow and not slurm"
 
 lint: $(VENV)/.installed-test
 	$(BIN)/snakemake --lint

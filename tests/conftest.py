@@ -79,6 +79,18 @@ def planned_jobs(dry_run_output: str) -> dict[str, int]:
     }
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (`make test` runs the suite on every core, --dist loadgroup), tests that
+    share an expensive fixture share a worker, so that it is made once: the tiny run and the SLURM
+    cluster (whose comparison reads the tiny run) on one, the sweep on one."""
+    for item in items:
+        if "tiny_run" in item.fixturenames or item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("tiny_run"))
+        elif "sweep_run" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("sweep"))
+
+
 def tiny_config() -> dict:
     return yaml.safe_load(TINY_CONFIG.read_text())
 

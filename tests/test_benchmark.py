@@ -137,14 +137,6 @@ def test_quick_benchmark_writes_its_json_and_tables(tmp_path):
     assert "| our DDIM vs DDIMPipeline, S = 2 | 2 |" in stdout
 
 
-def test_the_diffusers_rows_can_be_skipped(tmp_path):
-    report, stdout = run_quick(tmp_path, "--no-diffusers")
-    assert report["diffusers"] == {"status": "skipped", "reason": "--no-diffusers"}
-    assert "| diffusers pipelines | | skipped: --no-diffusers |" in stdout
-    assert "diffusers folder model: skipped: --no-diffusers" in stdout
-    assert_targets_measured(report, CPU_TARGETS)
-
-
 @pytest.fixture
 def benchmark(monkeypatch):
     """benchmarks/benchmark.py as a module, its sibling modules importable as when run as a script."""
@@ -152,10 +144,12 @@ def benchmark(monkeypatch):
     return importlib.import_module("benchmark")
 
 
-def test_cuda_graph_rows(tmp_path, monkeypatch, replays, benchmark):
+def test_cuda_graph_rows_and_the_diffusers_rows_skipped(tmp_path, monkeypatch, replays, benchmark):
     """Where the device can capture, the grids are also timed as CUDA graphs, in both precisions,
     and compared with their eager runs. Run in-process with the CPU stand-in for the capture
-    (conftest.replays), which replays the graph's form of each step eagerly: bit-equal to eager."""
+    (conftest.replays), which replays the graph's form of each step eagerly: bit-equal to eager.
+    The same run leaves diffusers' rows out (--no-diffusers): they are marked skipped, every other
+    target still measured."""
     monkeypatch.setattr(importlib.import_module("bench_cases"), "can_capture", lambda device: True)
     threads = str(torch.get_num_threads())  # main() sets it process-wide: keep pytest's
     report = benchmark.main(
@@ -175,4 +169,7 @@ def test_cuda_graph_rows(tmp_path, monkeypatch, replays, benchmark):
         assert row["seconds"] > 0 and row["rmse_to_eager"] == 0 and row["max_abs_to_eager"] == 0
     assert report["cuda_graphs"]["ddpm_bf16_graph"]["precision"] == "bfloat16"
     assert "| DDIM grid, S = 2 | bfloat16 |" in report["markdown"]
+    assert report["diffusers"] == {"status": "skipped", "reason": "--no-diffusers"}
+    assert "| diffusers pipelines | | skipped: --no-diffusers |" in report["markdown"]
+    assert "diffusers folder model: skipped: --no-diffusers" in report["markdown"]
     assert_targets_measured(report, CPU_TARGETS | {"DDPM grid on the GPU, CUDA graph: seconds (<= 10 s)"})

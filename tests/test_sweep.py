@@ -5,8 +5,11 @@ One real snakemake run of the tiny config with five models, one of each kind `ch
 `given`, this package's checkpoint file; `small`, trained with its own model and train overrides;
 `folder`, a diffusers pipeline folder of another image size (32 x 32) and process; `hub`, a flat
 diffusers folder served by a stand-in Hugging Face Hub on 127.0.0.1; `own`, a user's network by its
-entry point. A user's files are used as given, never written. Then dry runs that show each model's
-work as separate, independent jobs.
+entry point. `folder`, the one whose size and process differ from the tiny config's, is taken to
+every output of a single run (tiny_run takes the others' kinds there); the rest to what shows how
+each was read (model.json, the loss, the noise it starts from), `small` through its training. A
+user's files are used as given, never written. Then dry runs that show each model's work as
+separate, independent jobs.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from conftest import (
 
 pytestmark = pytest.mark.workflow
 
+# Taken to every output; taken to what shows how they were read.
+WHOLE, READ_ONLY_AS_FAR = ("folder",), ("given", "small", "hub", "own")
 MODELS = ("given", "small", "folder", "hub", "own")
 # What model.json calls each model's kind.
 KINDS = {
@@ -63,6 +68,7 @@ PER_MODEL_OUTPUTS = [
     "noise/ddim_endpoints.pt",
     "model.json",
 ]
+ENOUGH_TO_SHOW_THE_KIND = ["model.json", "timestep_loss.csv", "noise/ddim_endpoints.pt"]
 COMPARE_CSV = "results/compare/timestep_loss.csv"
 COMPARE_PNG = "results/compare/timestep_loss.png"
 # Once per model; train only for a model without a checkpoint, the classifier once for all.
@@ -74,8 +80,10 @@ PER_MODEL_RULES = (GPU_RULES - {"train", "train_classifier", "interpolation_samp
     "interpolation_grid_ddim",
     "interpolation_metrics",
 }
-# Grids decoded per model: the tiny config's metric variants and the DDIM picture's grid.
-GRIDS_PER_MODEL = 4
+# The interpolation metrics score the DDIM picture's grid only (the tiny config's other variants
+# are tiny_run's to test): two grids decoded per model, the DDPM and the DDIM picture's.
+VARIANTS = ["ddim-lerp-independent"]
+GRIDS_PER_MODEL = 2
 # Overrides merged over the tiny config's model and train settings for the trained model.
 SMALL_OVERRIDES = {"model": {"base_channels": 4}, "train": {"seed": 1, "steps": 3}}
 
@@ -89,6 +97,7 @@ def sweep_config(workdir) -> tuple[dict, dict]:
     """The tiny config with the five models, and the user's files it names (written into
     ``workdir``), by model."""
     config = tiny_config()
+    config["quality"]["interpolation_variants"] = VARIANTS
     torch.manual_seed(0)
     given = workdir / "given_model.pt"
     save_checkpoint(given, UNet(**config["model"]), config["diffusion"])
@@ -116,6 +125,15 @@ def sweep_config(workdir) -> tuple[dict, dict]:
         },
     }
     return config, {"given": given, "folder": folder, "own": weights}
+
+
+def sweep_targets() -> list[str]:
+    return [
+        *(f"results/{model}/{name}" for model in WHOLE for name in PER_MODEL_OUTPUTS),
+        *(f"results/{model}/{name}" for model in READ_ONLY_AS_FAR for name in ENOUGH_TO_SHOW_THE_KIND),
+        COMPARE_CSV,
+        COMPARE_PNG,
+    ]
 
 
 @contextlib.contextmanager
@@ -180,7 +198,10 @@ def sweep_run(tmp_path_factory):
     config, users_files = sweep_config(workdir)
     before = {name: tree_digest(path) for name, path in users_files.items()}
     with serving_the_hub_model(tmp_path_factory.mktemp("served") / "flat-ddpm"):
-        result = run_snakemake(workdir, "--cores", "2", "--resources", "gpu=1", config=config, timeout=1500)
+        # Targets after --cores: the options before and after take several values each.
+        result = run_snakemake(
+            workdir, "--cores", "2", *sweep_targets(), "--resources", "gpu=1", config=config, timeout=1500
+        )
     assert result.returncode == 0, result.stdout + result.stderr
     assert {name: tree_digest(path) for name, path in users_files.items()} == before, "a user's file changed"
     return workdir, config
@@ -188,10 +209,7 @@ def sweep_run(tmp_path_factory):
 
 def test_sweep_writes_every_per_model_output_and_no_single_model_one(sweep_run):
     workdir, _ = sweep_run
-    for model in MODELS:
-        for name in PER_MODEL_OUTPUTS:
-            assert (workdir / "results" / model / name).stat().st_size > 0, (model, name)
-    for name in (COMPARE_CSV, COMPARE_PNG):
+    for name in sweep_targets():
         assert (workdir / name).stat().st_size > 0, name
     # Only the model without a checkpoint was trained, into its own folder.
     assert (workdir / "results/small/train/best_model.pt").is_file()
@@ -234,7 +252,7 @@ def test_every_kind_of_model_is_read_as_what_it_is(sweep_run):
     given_z0, _ = load_endpoints(workdir / "results/given/noise/ddim_endpoints.pt")
     hub_z0, _ = load_endpoints(workdir / "results/hub/noise/ddim_endpoints.pt")
     assert torch.equal(given_z0, hub_z0), "models of one shape decode the same noise"
-    for name in MODELS:
+    for name in WHOLE:
         with open(workdir / "results" / name / "quality" / "sample_quality.csv") as handle:
             assert next(csv.DictReader(handle))["set"] == "samples"
 
@@ -264,14 +282,14 @@ def test_comparison_png_and_grids_are_images(sweep_run):
         assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
     settings = config["interpolation"]
     tile = 28 + 2
-    for model in MODELS:
+    for model in WHOLE:
         with Image.open(workdir / "results" / model / "interp_ddim.png") as image:
             assert image.size == (settings["steps"] * tile + 2, settings["n"] * tile + 2)
 
 
 def test_rerun_of_the_sweep_has_nothing_to_do(sweep_run):
     workdir, config = sweep_run
-    result = run_snakemake(workdir, "--cores", "1", "-n", config=config)
+    result = run_snakemake(workdir, "--cores", "1", *sweep_targets(), "-n", config=config)
     assert result.returncode == 0, result.stderr
     assert "Nothing to be done" in result.stdout + result.stderr
 

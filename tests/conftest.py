@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import torch
 import yaml
+from filelock import FileLock
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import diffusion_diagnostics.diffusion
@@ -81,12 +82,12 @@ def planned_jobs(dry_run_output: str) -> dict[str, int]:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
 def pytest_collection_modifyitems(items):
-    """Under pytest-xdist (`make test` runs the suite on every core, --dist loadgroup), tests that
-    share an expensive fixture share a worker, so that it is made once: the tiny run and the SLURM
-    cluster (whose comparison reads the tiny run) on one, the sweep on one."""
+    """Under pytest-xdist (`make test` runs the suite on every core, --dist loadgroup), the tests
+    of a module-scoped or one-per-process resource share a worker, so that it is made once: the
+    SLURM cluster, the sweep. (The tiny run is shared between workers through a file: tiny_run.)"""
     for item in items:
-        if "tiny_run" in item.fixturenames or item.get_closest_marker("slurm"):
-            item.add_marker(pytest.mark.xdist_group("tiny_run"))
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
         elif "sweep_run" in item.fixturenames:
             item.add_marker(pytest.mark.xdist_group("sweep"))
 
@@ -149,10 +150,17 @@ def replays(monkeypatch) -> list[int]:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """One complete run of the tiny config, shared by the tests that only read its outputs."""
-    workdir = tmp_path_factory.mktemp("tiny_run")
-    result = run_snakemake(workdir, "--cores", "2", "--resources", "gpu=1")
-    assert result.returncode == 0, result.stdout + result.stderr
+    """One complete run of the tiny config, shared by the tests that only read its outputs: under
+    pytest-xdist by every worker too, the first to need it making it while the others wait."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # this session's folder, above each worker's own
+    workdir, complete = shared / "tiny_run", shared / "tiny_run.complete"
+    with FileLock(shared / "tiny_run.lock"):
+        if not complete.exists():
+            result = run_snakemake(workdir, "--cores", "2", "--resources", "gpu=1")
+            assert result.returncode == 0, result.stdout + result.stderr
+            complete.touch()
     return workdir
 
 

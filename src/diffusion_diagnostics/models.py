@@ -121,9 +121,9 @@ def _diffusion_process(
     """The process of ``network`` with the schedule that diffusers' scheduler keys describe; keys
     left out take ProcessConfig's defaults. Every refusal names ``where``."""
     config = ProcessConfig.from_scheduler_config(settings, where)
+    # The βs are computed here, from the config: a wrong count of trained_betas, a β outside (0, 1).
     try:
         return DiffusionProcess(network, config=config, sample_shape=sample_shape)
-    # The schedule's βs, computed there from values of the right types.
     except DiagnosticsError as error:
         raise DiagnosticsError(f"{where}: {error}") from None
     except (TypeError, ValueError, RuntimeError) as error:

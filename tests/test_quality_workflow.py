@@ -115,8 +115,9 @@ def test_report_holds_every_category_and_figure(tiny_run, tmp_path):
 
 
 def test_bfloat16_precision_reruns_exactly_the_sampling_rules(tiny_run, tmp_path):
-    """precision is a parameter of the rules that sample: switching it reruns those (and what
-    renders or scores their output), never training, the loss analysis or the judge."""
+    """precision is a parameter of the rules that sample (the trajectory's samples too): switching it
+    reruns those (and what renders or scores their output), never training, the loss analysis or
+    the judge."""
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, symlinks=True)
     config = {**tiny_config(), "precision": "bfloat16"}
@@ -130,6 +131,7 @@ def test_bfloat16_precision_reruns_exactly_the_sampling_rules(tiny_run, tmp_path
     assert jobs.pop("interpolation_samples") == len(grids)
     assert set(jobs) == {
         "all",
+        "trajectory",
         "sample_quality",
         "ddim_fidelity",
         "interpolate_real_digits",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from diffusion_diagnostics.sources import check_source
+from diffusion_diagnostics.sources import check_source, check_trajectory
 
 from doubles import one_error_line
 
@@ -53,3 +53,11 @@ def test_what_exists_trains_or_downloads_passes(tmp_path):
         str(tmp_path / "folder"),
     ):
         check_source(source)
+
+
+def test_a_trajectory_must_name_a_folder_or_a_glob_that_matches(tmp_path):
+    one_error_line(lambda: check_trajectory(str(tmp_path / "run-*.pt")), "matches no file or folder")
+    one_error_line(lambda: check_trajectory(str(tmp_path / "missing")), "is not a folder")
+    (tmp_path / "model-1.pt").write_bytes(b"")
+    assert check_trajectory(str(tmp_path / "model-*.pt")) == [str(tmp_path / "model-1.pt")]
+    assert check_trajectory(str(tmp_path)) == [str(tmp_path)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 
@@ -187,3 +188,35 @@ def test_cuda_without_a_gpu_is_an_error(tmp_path):
     line = failing_rule_run(tmp_path, config, "results/train/best_model.pt")
     assert "train" in line and "no CUDA GPU" in line
     assert not (tmp_path / "results/train/best_model.pt").exists()
+
+
+def test_a_trained_model_leaves_its_trajectory(tiny_run):
+    """checkpoint: train with snapshot_every: the snapshots are a trajectory the default target
+    follows, both weights side by side (the tiny config asks for both)."""
+    config = tiny_config()
+    every = config["train"]["snapshot_every"]
+    steps = list(range(every, config["train"]["steps"] + 1, every))
+    buckets = config["timestep_loss"]["buckets"]
+    snapshots = sorted(p.name for p in (tiny_run / "results/train/snapshots").iterdir())
+    assert snapshots == [f"step-{step:07d}.pt" for step in steps]
+    with open(tiny_run / "results/trajectory/trajectory.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(int(r["step"]), r["weights"], int(r["bucket"])) for r in rows] == [
+        (step, weights, bucket)
+        for step in steps
+        for weights in ("ema", "online")
+        for bucket in range(buckets)
+    ]
+    assert all(float(r["eps_mse"]) > 0 and float(r["eps_std_error"]) > 0 for r in rows)
+    with open(tiny_run / "results/trajectory/bound.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 2 * len(steps)
+    found = json.loads((tiny_run / "results/trajectory/findings.json").read_text())
+    assert set(found) == {"regressing", "stalled", "collapsed", "rules"}
+    with Image.open(tiny_run / "results/trajectory/samples.png") as image:
+        # A row per checkpoint and weights, a column per starting noise: 30-pixel tiles.
+        assert image.size == (config["trajectory"]["samples"] * 30 + 2, 2 * len(steps) * 30 + 2)
+    with open(tiny_run / "results/train/history.csv", newline="") as handle:
+        history = list(csv.DictReader(handle))
+    assert [key for key in history[0] if key.startswith("val_eps_mse")] == [
+        f"val_eps_mse_bucket_{b}" for b in range(buckets)
+    ]

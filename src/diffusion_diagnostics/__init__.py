@@ -15,6 +15,7 @@ _EXPORTS = {
     "DiffusionProcess": "diffusion",
     "ProcessConfig": "process_config",
     "SamplingOptions": "diffusion",
+    "TimestepLossMonitor": "monitor",
     "UNet": "unet",
     "ddim_sample_from_xt": "original",
     "interpolate": "interpolation",

@@ -177,9 +177,12 @@ def per_sample_mse(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return (predicted - target).pow(2).flatten(1).mean(1).double()
 
 
-def prediction_errors(diffusion: DiffusionProcess, step: ForwardPass) -> dict[str, torch.Tensor]:
+def prediction_errors(
+    diffusion: DiffusionProcess, step: ForwardPass, finite_only: bool = True
+) -> dict[str, torch.Tensor]:
     """Each sample's ε-, x̂_0- and v-MSE, float64 on the CPU; v̂ from (ε̂, x̂_0) by the same relation
-    as v (Salimans & Ho, section 4), so the three agree with each other whatever the model predicts."""
+    as v (Salimans & Ho, section 4), so the three agree with each other whatever the model predicts.
+    ``finite_only``: a NaN or Inf error is one error line naming its timestep."""
     v = diffusion.velocity(step.x_0, step.noise, step.t)
     v_predicted = diffusion.velocity(step.x0_predicted, step.eps, step.t)
     errors = {
@@ -187,12 +190,19 @@ def prediction_errors(diffusion: DiffusionProcess, step: ForwardPass) -> dict[st
         "x0": per_sample_mse(step.x0_predicted, step.x_0),
         "v": per_sample_mse(v_predicted, v),
     }
-    raise_if_not_finite(errors["eps"], step.t, step.index)
+    if finite_only:
+        raise_if_not_finite(errors["eps"], step.t, step.index)
     return {name: values.cpu() for name, values in errors.items()}
 
 
 def bucket_of(t: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     return torch.bucketize(t, edges, right=True) - 1
+
+
+def bucket_means(values: torch.Tensor, t: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """The mean of per-sample ``values`` in each bucket of t (NaN for an empty bucket)."""
+    mean, _, _ = bucket_moments(values.double(), bucket_of(t, edges), len(edges) - 1)
+    return mean
 
 
 def check_every_bucket_filled(count: torch.Tensor, seen: int) -> None:
@@ -275,7 +285,10 @@ def measure(
     seed: int,
     device: torch.device,
     keep_images: int,
+    finite_only: bool = True,
 ) -> Measured:
+    """Every per-sample value of the loss analysis; ``finite_only`` False lets a model's NaN or Inf
+    through as values (a trajectory reports a collapsed checkpoint instead of stopping at it)."""
     decoder_generator = torch.Generator().manual_seed(seed + DECODER_STREAM)
     columns = {name: [] for name in ("t", "eps", "x0", "v", "term", "decoder", "prior")}
     kept, on_grid, batch_size = [], True, 0
@@ -284,12 +297,12 @@ def measure(
         on_grid = on_grid and on_8bit_grid(step.x_0)
         batch_size = max(batch_size, len(step.x_0))
         columns["t"].append(step.t.cpu())
-        for name, values in prediction_errors(diffusion, step).items():
+        for name, values in prediction_errors(diffusion, step, finite_only).items():
             columns[name].append(values)
         columns["term"].append(
             bound_terms_bpd(diffusion, step.x_0, step.x_t, step.t, step.x0_predicted).cpu()
         )
-        columns["decoder"].append(decoder_pass(diffusion, step.x_0, decoder_generator))
+        columns["decoder"].append(decoder_pass(diffusion, step.x_0, decoder_generator, finite_only))
         columns["prior"].append(prior_bpd(diffusion, step.x_0).cpu())
         if sum(map(len, kept)) < keep_images:
             kept.append(step.x_0)

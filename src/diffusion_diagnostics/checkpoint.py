@@ -31,31 +31,41 @@ EXPECTED = (
 )
 
 
+WEIGHTS = ("ema", "online")
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: UNet,
     diffusion_config: dict,
     training: dict | None = None,
     state_dict: dict | None = None,
+    online_state_dict: dict | None = None,
 ) -> None:
     """Write the network's constructor arguments, the process and the weights.
 
     ``diffusion_config`` is the process as :meth:`ProcessConfig.to_dict` gives it (or any subset of
-    its keys); ``state_dict`` defaults to the model's own; training passes its EMA weights here.
+    its keys); ``state_dict`` defaults to the model's own; training passes its EMA weights here,
+    and a training snapshot the online weights beside them (``online_state_dict``).
     """
     from .files import save_torch
 
-    # In the default layout, whatever layout the network computes in (unet.py: channels-last).
-    weights = {k: v.detach().cpu().contiguous() for k, v in (state_dict or model.state_dict()).items()}
     payload = {
         "format": FORMAT,
         "version": VERSION,
         "model_config": dict(model.config),
         "diffusion_config": dict(diffusion_config),
-        "state_dict": weights,
+        "state_dict": _portable(state_dict or model.state_dict()),
         "training": dict(training or {}),
     }
+    if online_state_dict is not None:
+        payload["online_state_dict"] = _portable(online_state_dict)
     save_torch(payload, path)
+
+
+def _portable(state_dict: dict) -> dict:
+    # On the CPU, in the default layout, whatever layout the network computes in (unet.py).
+    return {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
 
 
 def state_dict_mismatch(model: torch.nn.Module, state_dict: dict) -> str:
@@ -77,9 +87,10 @@ def state_dict_mismatch(model: torch.nn.Module, state_dict: dict) -> str:
 
 
 def load_checkpoint(
-    path: str | os.PathLike, device: torch.device | str = "cpu"
+    path: str | os.PathLike, device: torch.device | str = "cpu", weights: str = "ema"
 ) -> tuple[DiffusionProcess, dict]:
-    """Rebuild the diffusion process (EMA network included) from a checkpoint file.
+    """Rebuild the diffusion process from a checkpoint file: its EMA network, or with
+    ``weights="online"`` the online one a training snapshot keeps beside it.
 
     Returns the process, in eval mode on ``device``, and the checkpoint's training metadata.
     """
@@ -97,7 +108,13 @@ def load_checkpoint(
         raise DiagnosticsError(
             f"checkpoint {path}: its model_config does not fit this UNet ({error})"
         ) from None
-    state_dict = payload["state_dict"]
+    if weights not in WEIGHTS:
+        raise DiagnosticsError(f"checkpoint weights '{weights}' are not one of {', '.join(WEIGHTS)}")
+    if weights == "online" and "online_state_dict" not in payload:
+        raise DiagnosticsError(
+            f"checkpoint {path}: holds the EMA weights only, not the online ones; follow its ema weights"
+        )
+    state_dict = payload["state_dict" if weights == "ema" else "online_state_dict"]
     detail = state_dict_mismatch(model, state_dict)
     if detail:
         raise DiagnosticsError(
@@ -119,13 +136,24 @@ def read_process_config(path: str | os.PathLike) -> ProcessConfig | None:
     """The process of a checkpoint file, read without torch and without running anything the file
     names; None for a file that is not a readable checkpoint (the rule that loads it then says
     what is wrong)."""
+    header = read_header(path)
+    try:
+        return ProcessConfig.from_dict(header["diffusion_config"]) if header else None
+    except DiagnosticsError:
+        return None
+
+
+def read_header(path: str | os.PathLike) -> dict | None:
+    """A checkpoint's plain values (format, diffusion_config, training, ...) with every tensor read
+    as None, without torch and without running anything the file names; None for a file that is
+    not a readable checkpoint."""
     try:
         with zipfile.ZipFile(path) as archive:
             name = next(member for member in archive.namelist() if member.endswith("/data.pkl"))
             payload = _PlainDataUnpickler(archive.open(name)).load()
-        return ProcessConfig.from_dict(payload["diffusion_config"])
     except Exception:  # noqa: BLE001 - not ours, or damaged: arbitrary bytes fail in arbitrary ways
         return None
+    return payload if isinstance(payload, dict) and payload.get("format") == FORMAT else None
 
 
 class _PlainDataUnpickler(pickle.Unpickler):

@@ -154,7 +154,14 @@ def load_diffusers_folder(
     The UNet is built by diffusers' own ``UNet2DModel.from_pretrained``, the schedule from the
     scheduler config with the keys an older config lacks taking diffusers' defaults.
     """
-    folder = find_diffusers_folder(Path(path))
+    return read_diffusers_folder(find_diffusers_folder(Path(path)), device)
+
+
+def read_diffusers_folder(
+    folder: DiffusersFolder, device: torch.device | str = "cpu"
+) -> tuple[DiffusionProcess, dict]:
+    """The UNet and scheduler config that ``folder`` names, wherever they lie (a training run's
+    ``checkpoint-<step>/`` keeps its UNets apart from the scheduler: .trajectory)."""
     diffusers = _import_extra("diffusers", f"model folder {folder.path} (a diffusers folder)")
     scheduler, settings = _scheduler_settings(diffusers, folder.scheduler_config)
     network = DiffusersUNet(_load_unet(diffusers, folder))

@@ -1,6 +1,7 @@
 """matplotlib figures: per-timestep loss bars, the errors and bound against log-SNR and their comparison
-across models, the training loss curve, and the classifier-judged sample quality, interpolation
-smoothness and DDIM fidelity. Each ``*_figure`` builds its figure (which tests read back); each
+across models, the training loss curve, a training run's trajectory (its errors per bucket as a
+heatmap, its bound), and the classifier-judged sample quality, interpolation smoothness and DDIM
+fidelity. Each ``*_figure`` builds its figure (which tests read back); each
 ``plot_*`` saves one as the rule's PNG."""
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from .files import atomic_output  # noqa: E402
 from .quality import NEIGHBOUR_METRICS  # noqa: E402
@@ -337,6 +340,110 @@ def ddim_fidelity_figure(rows: list[dict]) -> Figure:
     return figure
 
 
+def _by_weights(rows: list[dict]) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {}
+    for row in rows:
+        runs.setdefault(row["weights"], []).append(row)
+    return runs
+
+
+def _bucket_label(row: dict, with_log_snr: bool = False) -> str:
+    label = f"t {row['t_start']}-{row['t_end']}"
+    if with_log_snr:
+        label += f" (λ {float(row['log_snr_start']):.1f} … {float(row['log_snr_end']):.1f})"
+    return label
+
+
+def trajectory_ratios(rows: list[dict]) -> tuple[list[int], list[dict], list[list[float]]]:
+    """From trajectory.csv's rows of one set of weights: the steps, one row per bucket (its t and
+    log-SNR range), and log10 of each bucket's ε-MSE at each step over its ε-MSE at the last step
+    (NaN where non-finite): what the heatmap draws."""
+    steps = sorted({int(r["step"]) for r in rows})
+    error = {(int(r["step"]), int(r["bucket"])): float(r["eps_mse"]) for r in rows}
+    buckets = sorted({int(r["bucket"]): r for r in rows}.items())
+    ratios = []
+    for bucket, _ in buckets:
+        last = error[steps[-1], bucket]
+        ratios.append(
+            [
+                math.log10(error[step, bucket] / last)
+                if math.isfinite(error[step, bucket])
+                and math.isfinite(last)
+                and error[step, bucket] > 0 < last
+                else math.nan
+                for step in steps
+            ]
+        )
+    return steps, [row for _, row in buckets], ratios
+
+
+def trajectory_heatmap_figure(rows: list[dict]) -> Figure:
+    """Checkpoint step (x) by bucket of t (y, labelled with its log-SNR), coloured by the bucket's
+    ε-MSE relative to the last checkpoint's on a log scale diverging at 1: a stage learned late
+    stays red long, one that gets worse turns blue before the end; black is non-finite. One panel
+    per set of weights (EMA, online)."""
+    runs = _by_weights(rows)
+    figure, panels = plt.subplots(
+        1, len(runs), figsize=(4.0 + 4.5 * len(runs), 4.5), layout="constrained", squeeze=False
+    )
+    for axes, (weights, run) in zip(panels[0], runs.items(), strict=True):
+        steps, buckets, ratios = trajectory_ratios(run)
+        finite = [abs(value) for line in ratios for value in line if math.isfinite(value)]
+        reach = max([*finite, 0.05])
+        colours = plt.get_cmap("RdBu_r").with_extremes(bad="black")
+        image = axes.imshow(
+            ratios,
+            aspect="auto",
+            cmap=colours,
+            norm=TwoSlopeNorm(0.0, -reach, reach),
+            interpolation="nearest",
+        )
+        shown = range(0, len(steps), max(1, len(steps) // 10))
+        axes.set_xticks(list(shown), [str(steps[i]) for i in shown], rotation=35, ha="right")
+        axes.set_yticks(range(len(buckets)), [_bucket_label(b, with_log_snr=True) for b in buckets])
+        axes.set_xlabel("training step")
+        axes.set_title(f"ε-MSE ÷ the last checkpoint's ({weights} weights)")
+        bar = figure.colorbar(image, ax=axes, format=FuncFormatter(lambda value, _: f"× {10**value:.3g}"))
+        bar.set_label("ε-MSE ÷ the last checkpoint's (log scale)")
+    return figure
+
+
+def trajectory_bound_figure(rows: list[dict], bounds: list[dict]) -> Figure:
+    """Each checkpoint's bound (bits/dim, ±1 standard error) against its step, split into its
+    buckets' shares (stacked) and the prior; rows as in trajectory.csv, bounds as in bound.csv."""
+    runs, bound_runs = _by_weights(rows), _by_weights(bounds)
+    figure, panels = plt.subplots(
+        1, len(runs), figsize=(3.0 + 4.5 * len(runs), 4.0), layout="constrained", squeeze=False
+    )
+    for axes, (weights, run) in zip(panels[0], runs.items(), strict=True):
+        steps = sorted({int(r["step"]) for r in run})
+        totals = sorted(bound_runs[weights], key=lambda r: int(r["step"]))
+        shares = {}
+        for row in run:
+            width = int(row["t_end"]) - int(row["t_start"]) + 1
+            shares.setdefault(int(row["bucket"]), {})[int(row["step"])] = float(row["vb_bpd"]) * width
+        stacked = [[shares[b][step] for step in steps] for b in sorted(shares)]
+        buckets = sorted({int(r["bucket"]): r for r in run}.items())
+        labels = [_bucket_label(row) for _, row in buckets]
+        prior = [float(r["prior_bpd"]) for r in totals]
+        axes.stackplot(steps, *stacked, prior, labels=[*labels, "prior L_T"], alpha=0.6)
+        axes.errorbar(
+            steps,
+            [float(r["total_bpd"]) for r in totals],
+            yerr=_std_errors(totals, "std_error"),
+            color="black",
+            marker="o",
+            capsize=3,
+            label="total bound",
+        )
+        axes.set_xlabel("training step")
+        axes.set_ylabel("bits per dimension")
+        axes.set_title(f"Variational bound ({weights} weights)")
+        axes.legend(fontsize="x-small", loc="upper right")
+        axes.grid(alpha=0.3)
+    return figure
+
+
 def _truth(value) -> bool:
     """A boolean as a row holds it: True, or "True" read back from a CSV."""
     return value is True or str(value) == "True"
@@ -373,6 +480,14 @@ def plot_interpolation_metrics(rows: list[dict], path: str | os.PathLike) -> Non
 
 def plot_ddim_fidelity(rows: list[dict], path: str | os.PathLike) -> None:
     _save(ddim_fidelity_figure(rows), path)
+
+
+def plot_trajectory_heatmap(rows: list[dict], path: str | os.PathLike) -> None:
+    _save(trajectory_heatmap_figure(rows), path)
+
+
+def plot_trajectory_bound(rows: list[dict], bounds: list[dict], path: str | os.PathLike) -> None:
+    _save(trajectory_bound_figure(rows, bounds), path)
 
 
 def _save(figure: Figure, path: str | os.PathLike) -> None:

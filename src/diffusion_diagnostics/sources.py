@@ -8,6 +8,7 @@ diffusers folder), ``hf:owner/name[@revision]`` (a Hugging Face Hub repository) 
 
 from __future__ import annotations
 
+import glob
 import json
 import re
 from collections.abc import Mapping
@@ -89,6 +90,22 @@ def check_source(source: str | Mapping, where: str = "checkpoint") -> None:
                 f"{where}: {path} does not exist; point it at a checkpoint file, a diffusers folder "
                 "or hf:owner/name, or set it to train to train a model with the workflow (results/train/)"
             )
+
+
+def check_trajectory(spec: str, where: str = "trajectory.checkpoints") -> list[str]:
+    """The paths a trajectory's ``spec`` names, before anything runs: a glob's matches (at least
+    one), or the folder itself; else one error line naming ``where``. What each holds is read
+    later, by the rule (.trajectory.find_checkpoints)."""
+    if glob.has_magic(spec):
+        matches = sorted(glob.glob(spec))
+        if not matches:
+            raise DiagnosticsError(f"{where}: {spec} matches no file or folder; check the pattern")
+        return matches
+    if not Path(spec).is_dir():
+        raise DiagnosticsError(
+            f"{where}: {spec} is not a folder; name the folder of a run's checkpoints or a glob of them"
+        )
+    return [spec]
 
 
 def describe_source(source: str | Mapping, diffusion_settings: Mapping) -> str:

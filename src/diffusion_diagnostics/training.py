@@ -1,8 +1,10 @@
-"""The training loop behind the ``train`` rule: AdamW, EMA weights, validation, resume.
+"""The training loop behind the ``train`` rule: AdamW, EMA weights, validation, snapshots, resume.
 
 Every random draw (initial weights, data order, t, noise) comes from seeded generators whose
 states are saved with the model, so a run that is killed and resumed ends with the same weights,
-bit for bit on a CPU, as one that ran straight through.
+bit for bit on a CPU, as one that ran straight through. Validation records the EMA network's error
+per bucket of t beside its mean, and snapshots of its weights every ``snapshot_every`` steps make
+the run a trajectory (.trajectory).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import save_checkpoint
+from .analysis import bucket_edges, bucket_means
+from .checkpoint import read_header, save_checkpoint
 from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError
 from .files import read_tagged_file, save_torch, write_csv
@@ -31,6 +34,12 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = "diffusion-diagnostics-train-state"
 HISTORY_COLUMNS = ["step", "train_loss", "lr", "val_loss"]
+SNAPSHOT_NAME = "step-{step:07d}.pt"
+
+
+def history_columns(buckets: int) -> list[str]:
+    """The history's columns: per step, then the validation's ε-MSE per bucket of t."""
+    return [*HISTORY_COLUMNS, *(f"val_eps_mse_bucket_{bucket}" for bucket in range(buckets))]
 
 
 @dataclass
@@ -47,6 +56,8 @@ class TrainConfig:
     val_size: int = 500
     save_every: int = 250
     log_every: int = 50
+    # Keep the EMA (and online) weights every this many steps as a snapshot; 0: none.
+    snapshot_every: int = 0
     seed: int = 0
     # bfloat16: forward and backward passes under autocast (weights, optimizer and EMA stay
     # float32); faster on hardware with bf16 matrix units (GPUs, CPUs with AMX).
@@ -61,7 +72,15 @@ def fingerprint(model_config: dict, diffusion_config: dict, config: TrainConfig,
     The precision is free too, so that a run can go on on other hardware.
     """
     settings = asdict(config)
-    for free in ("steps", "cooldown_steps", "val_every", "save_every", "log_every", "precision"):
+    for free in (
+        "steps",
+        "cooldown_steps",
+        "val_every",
+        "save_every",
+        "log_every",
+        "snapshot_every",
+        "precision",
+    ):
         settings.pop(free)
     text = json.dumps([model_config, diffusion_config, settings, data_sha], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -130,16 +149,27 @@ def validation_batch(
 
 
 @torch.inference_mode()
-def validation_loss(diffusion: DiffusionProcess, x0, t, noise, batch_size: int = 250) -> float:
-    """The training objective (MSE to ε, v or x_0, by the model's prediction type) per element."""
+def validation_errors(
+    diffusion: DiffusionProcess, x0, t, noise, batch_size: int = 250
+) -> tuple[float, torch.Tensor]:
+    """The training objective (MSE to ε, v or x_0, by the model's prediction type) per element, and
+    each image's ε-MSE (float64, on the CPU), from the same forward passes."""
     device = diffusion.device
     total = torch.zeros((), device=device, dtype=torch.float64)
+    eps_errors = []
     for start in range(0, len(x0), batch_size):
         xb, tb, nb = (v[start : start + batch_size].to(device) for v in (x0, t, noise))
         x_t, _ = diffusion.add_noise(xb, tb, noise=nb)
-        target = diffusion.training_target(xb, nb, tb)
-        total += F.mse_loss(diffusion.model(x_t, tb), target, reduction="sum").double()
-    return total.item() / noise.numel()
+        output = diffusion.model(x_t, tb)
+        total += F.mse_loss(output, diffusion.training_target(xb, nb, tb), reduction="sum").double()
+        eps, _ = diffusion.eps_and_x0(x_t, tb, output)
+        eps_errors.append((eps - nb).pow(2).flatten(1).mean(1).double().cpu())
+    return total.item() / noise.numel(), torch.cat(eps_errors)
+
+
+def validation_loss(diffusion: DiffusionProcess, x0, t, noise, batch_size: int = 250) -> float:
+    """The training objective (MSE to ε, v or x_0, by the model's prediction type) per element."""
+    return validation_errors(diffusion, x0, t, noise, batch_size)[0]
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -214,6 +244,25 @@ class TrainingRun:
     def save(self, path: str | os.PathLike) -> None:
         save_torch(self.state_dict(), path)
 
+    def save_snapshot(self, folder: Path) -> None:
+        """The EMA weights as a checkpoint, the online ones beside them, named by the step."""
+        save_checkpoint(
+            folder / SNAPSHOT_NAME.format(step=self.step),
+            self.ema.model,
+            self.diffusion.schedule_config(),
+            {"step": self.step, "run_id": self.run_id},
+            online_state_dict=self.model.state_dict(),
+        )
+
+    def prune_snapshots(self, folder: Path) -> None:
+        """Remove the snapshots this run would not have made by now: another run's (settings or
+        data changed) and those past the step it resumes from, which it makes again."""
+        for path in sorted(folder.glob(SNAPSHOT_NAME.replace("{step:07d}", "*"))):
+            training = (read_header(path) or {}).get("training", {})
+            if training.get("run_id") != self.run_id or training.get("step", math.inf) > self.step:
+                log.info("removing snapshot %s: not of this run at step %d", path, self.step)
+                path.unlink()
+
     def resume(self, path: str | os.PathLike) -> bool:
         """Continue from the state saved at ``path`` when it belongs to this run; False when there
         is none or it belongs to another (then this run starts afresh and overwrites it)."""
@@ -273,10 +322,15 @@ class TrainingRun:
         )
         self.history[-1]["lr"] = self.scheduler.get_last_lr()[0]
 
-    def evaluate(self, validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> float:
-        """Validate the EMA network; keep its weights when they are the best so far."""
-        val = validation_loss(self.ema_diffusion(), *validation)
-        self.history[-1]["val_loss"] = val
+    def evaluate(self, validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor], buckets: int) -> float:
+        """Validate the EMA network, its mean error and its ε-MSE per bucket of t; keep its weights
+        when they are the best so far."""
+        val, eps_errors = validation_errors(self.ema_diffusion(), *validation)
+        t = validation[1]
+        per_bucket = bucket_means(eps_errors, t, bucket_edges(self.diffusion.timesteps, buckets))
+        self.history[-1].update(
+            {"val_loss": val, **{f"val_eps_mse_bucket_{b}": float(e) for b, e in enumerate(per_bucket)}}
+        )
         if val < self.best["val_loss"]:
             self.best = {
                 "val_loss": val,
@@ -306,12 +360,17 @@ def train(
     device: torch.device | str = "cpu",
     data_sha: str = "",
     progress: bool = True,
+    snapshot_dir: str | os.PathLike | None = None,
+    buckets: int = 10,
 ) -> dict:
     """Train, resuming from ``state_path`` when it holds the same run; write the best EMA model.
 
     The model written to ``checkpoint_path`` is the EMA network with the lowest validation loss
     (on ``validation_images``, never the held-out test digits); ``history_path`` gets one CSV row
-    per step. Returns a summary dict.
+    per step, with the validation's ε-MSE in each of ``buckets`` buckets of t where it ran. With
+    ``config.snapshot_every`` and a ``snapshot_dir``, the weights every that many steps go there
+    as checkpoints (``step-0001000.pt``); snapshots of another run, or past the step a run resumes
+    from, are removed from it. Returns a summary dict.
     """
     device = torch.device(device)
     run = TrainingRun.start(
@@ -322,6 +381,10 @@ def train(
         fingerprint(model_config, diffusion_config, config, data_sha),
     )
     run.resume(state_path)
+    snapshots = Path(snapshot_dir) if snapshot_dir is not None and config.snapshot_every > 0 else None
+    if snapshots is not None:
+        snapshots.mkdir(parents=True, exist_ok=True)
+        run.prune_snapshots(snapshots)
     if run.step > config.steps:
         log.info("the saved state is at step %d, past train.steps = %d", run.step, config.steps)
     sampler = EpochSampler(len(train_images), config.batch_size, config.seed)
@@ -351,7 +414,9 @@ def train(
             if stop_reason:
                 break
         if evaluate:
-            log.info("step %d: validation loss %.5f (EMA)", done, run.evaluate(validation))
+            log.info("step %d: validation loss %.5f (EMA)", done, run.evaluate(validation, buckets))
+        if snapshots is not None and done % config.snapshot_every == 0:
+            run.save_snapshot(snapshots)
         if evaluate or done % config.save_every == 0:
             run.save(state_path)
     bar.close()
@@ -381,7 +446,7 @@ def train(
         summary,
         state_dict=run.best["state_dict"],
     )
-    write_csv(run.history, history_path, HISTORY_COLUMNS)
+    write_csv(run.history, history_path, history_columns(buckets))
     if stop_reason:
         # The job still succeeds, so that the workflow keeps the last good model rather than
         # deleting it with the failed job's outputs; the log says loudly what happened.

@@ -21,6 +21,7 @@ from diffusion_diagnostics.errors import DiagnosticsError
 from diffusion_diagnostics.sources import (
     TRAIN,
     check_source,
+    check_trajectory,
     describe_source,
     hub_folder_name,
     is_hub_id,
@@ -92,6 +93,41 @@ GRID_METHOD = config["interpolation"]["method"]
 CLASSIFIER = "results/classifier/classifier.pt"
 # What the model rules read about their model: its kind, process, sample shape (model.json).
 MODEL_CARD = f"results/{PER_MODEL}model.json"
+# Where training keeps snapshots of its weights, the trajectory of a trained model.
+SNAPSHOTS = f"results/{PER_MODEL}train/snapshots"
+
+
+def trajectory_plan():
+    """The checkpoints a trajectory follows, or None. trajectory.checkpoints names them (a folder or
+    a glob, which must name something before anything runs); else they are the snapshots of
+    training, where the one model is trained with snapshot_every > 0."""
+    spec = config["trajectory"]["checkpoints"]
+    if spec is not None:
+        try:
+            return {"checkpoints": spec, "inputs": check_trajectory(spec)}
+        except DiagnosticsError as error:
+            sys.exit(f"config error at {error}")
+    if (
+        not SWEEP
+        and config["checkpoint"] == TRAIN
+        and config["train"]["snapshot_every"] > 0
+    ):
+        return {"checkpoints": SNAPSHOTS, "inputs": [TRAINED_CHECKPOINT]}
+    return None
+
+
+TRAJECTORY = trajectory_plan()
+TRAJECTORY_OUTPUTS = (
+    [
+        "results/trajectory/trajectory.csv",
+        "results/trajectory/heatmap.png",
+        "results/trajectory/bound.png",
+        "results/trajectory/samples.png",
+        "results/trajectory/findings.json",
+    ]
+    if TRAJECTORY is not None
+    else []
+)
 # How every sampling rule runs its sampler (SamplingOptions; clipping is set per rule).
 SAMPLING = {
     key: config[key] for key in ("precision", "timestep_spacing", "steps_offset")

@@ -30,6 +30,9 @@ rule train:
         device=config["device"],
         # Not an output: it must survive a failed or killed job so that the rerun resumes.
         state=f"results/{PER_MODEL}train/resume_state.pt",
+        # Nor are the snapshots: a resumed run keeps those made before it stopped.
+        snapshots=SNAPSHOTS,
+        buckets=config["timestep_loss"]["buckets"],
     script:
         "../scripts/train.py"
 

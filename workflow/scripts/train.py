@@ -27,6 +27,8 @@ def main(snakemake):
         history_path=snakemake.output.history,
         device=device,
         data_sha=file_digest(snakemake.input.train),
+        snapshot_dir=snakemake.params.snapshots,
+        buckets=snakemake.params.buckets,
     )
     plot_training_history(read_csv(snakemake.output.history), snakemake.output.curve)
     logging.info("done: %s", json.dumps(summary))

@@ -29,9 +29,12 @@ from diffusion_diagnostics.grids import draw_endpoints
 from diffusion_diagnostics.interpolation import interpolate
 from diffusion_diagnostics.models import load_model
 from diffusion_diagnostics.training import TrainConfig, train
+from diffusion_diagnostics.trajectory import Checkpoint, follow
 
 # timestep_loss_table's passes per batch: one at the drawn t, one at t = 0 for the decoder term L_0.
 TABLE_PASSES_PER_BATCH = 2
+# What one trajectory checkpoint decodes beside its loss table: the workflow's default samples.
+TRAJECTORY_NOISES, TRAJECTORY_DDIM_STEPS = 8, 20
 
 
 def pixel_difference(images: torch.Tensor, reference: torch.Tensor) -> dict:
@@ -328,6 +331,21 @@ def loss_analyses(diffusion: DiffusionProcess, sizes: Sizes, device: torch.devic
         return run
 
     table_passes = TABLE_PASSES_PER_BATCH * batches
+    noises = torch.randn((TRAJECTORY_NOISES, *diffusion.sample_shape), generator=generator).to(device)
+    zeros = torch.zeros(TRAJECTORY_NOISES, dtype=torch.long, device=device)
+
+    def one_checkpoint():
+        # The network already in memory: a checkpoint file's read is left out of the comparison.
+        point = Checkpoint(0, Path("in-memory"), "ema")
+        follow([point], images, noises, sizes.loss_buckets, batch, ddim_steps=TRAJECTORY_DDIM_STEPS,
+               device=device, load=lambda point, device: diffusion)  # fmt: skip
+
+    def trajectory_floor():
+        repeated_forward(table_passes)()
+        with torch.inference_mode():
+            for _ in range(TRAJECTORY_DDIM_STEPS):
+                diffusion.model(noises, zeros)
+
     return [
         LossAnalysis(
             "per_timestep_loss",
@@ -342,6 +360,13 @@ def loss_analyses(diffusion: DiffusionProcess, sizes: Sizes, device: torch.devic
             table_passes,
             Case("loss_table", lambda: timestep_loss_table(diffusion, loader, batches, sizes.loss_buckets)),
             Case("loss_table_floor", repeated_forward(table_passes)),
+        ),
+        LossAnalysis(
+            "trajectory, one checkpoint",
+            len(images),
+            table_passes + TRAJECTORY_DDIM_STEPS,
+            Case("trajectory_checkpoint", one_checkpoint),
+            Case("trajectory_checkpoint_floor", trajectory_floor),
         ),
     ]
 

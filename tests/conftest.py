@@ -66,7 +66,7 @@ GPU_RULES = frozenset(
         "sample_quality",
         "ddim_fidelity",
         "interpolate_real_digits",
-        "trajectory",
+        "trajectory_part",
     }
 )
 

@@ -131,6 +131,7 @@ def test_bfloat16_precision_reruns_exactly_the_sampling_rules(tiny_run, tmp_path
     assert jobs.pop("interpolation_samples") == len(grids)
     assert set(jobs) == {
         "all",
+        "trajectory_part",
         "trajectory",
         "sample_quality",
         "ddim_fidelity",

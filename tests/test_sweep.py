@@ -72,7 +72,7 @@ ENOUGH_TO_SHOW_THE_KIND = ["model.json", "timestep_loss.csv", "noise/ddim_endpoi
 COMPARE_CSV = "results/compare/timestep_loss.csv"
 COMPARE_PNG = "results/compare/timestep_loss.png"
 # Once per model; train only for a model without a checkpoint, the classifier once for all.
-PER_MODEL_RULES = (GPU_RULES - {"train", "train_classifier", "interpolation_samples", "trajectory"}) | {
+PER_MODEL_RULES = (GPU_RULES - {"train", "train_classifier", "interpolation_samples", "trajectory_part"}) | {
     "describe_model",
     "plot_timestep_loss",
     "plot_timestep_loss_snr",

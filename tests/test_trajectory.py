@@ -20,10 +20,14 @@ from diffusion_diagnostics.plots import trajectory_heatmap_figure, trajectory_ra
 from diffusion_diagnostics.training import TrainConfig, train, validation_batch, validation_errors
 from diffusion_diagnostics.trajectory import (
     Checkpoint,
+    bound_rows,
     find_checkpoints,
     findings,
     follow,
     load_checkpoint_of,
+    read_measured,
+    save_measured,
+    share,
     trajectory_rows,
 )
 
@@ -68,8 +72,8 @@ class Planted(StandIn):
         return (eps + self.offsets[bucket].reshape(shape)).to(x_t.dtype)
 
 
-def planted_trajectory():
-    points = [Checkpoint(step, Path(f"step-{step}.pt"), "ema") for step in STEPS]
+def planted_trajectory(steps=STEPS, reference=None):
+    points = [Checkpoint(step, Path(f"step-{step}.pt"), "ema") for step in steps]
 
     def load(point, device):
         network = Planted(STEPS.index(point.step))
@@ -77,7 +81,9 @@ def planted_trajectory():
 
     images = torch.full((160, 1, 2, 2), PIXEL)
     noises = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(0))
-    return follow(points, images, noises, buckets=BUCKETS, batch_size=80, ddim_steps=2, load=load)
+    return follow(
+        points, images, noises, buckets=BUCKETS, batch_size=80, ddim_steps=2, load=load, reference=reference
+    )
 
 
 def test_a_planted_trajectory_is_found_exactly():
@@ -95,6 +101,51 @@ def test_a_planted_trajectory_is_found_exactly():
     assert {(f["bucket"], f["from_step"]) for f in found["collapsed"]} == {
         (COLLAPSED, step) for step in STEPS[COLLAPSES_AT:]
     }
+
+
+def test_jobs_that_follow_shares_of_a_trajectory_add_up_to_one_job(tmp_path):
+    """trajectory.jobs: each job follows consecutive checkpoints and writes them to a file; read
+    back in order they give the one job's tables, findings and samples, bit for bit."""
+    whole = planted_trajectory()
+    points = [one.point for one in whole]
+    assert [len(share(points, part, 3)) for part in range(3)] == [3, 3, 4]
+    assert [p for part in range(3) for p in share(points, part, 3)] == points
+    assert share(points[:1], 0, 2) == [] and share(points[:1], 1, 2) == points[:1]
+    files = []
+    for part in range(3):
+        steps = [p.step for p in share(points, part, 3)]
+        files.append(tmp_path / f"{part}.pt")
+        save_measured(planted_trajectory(steps), files[-1])
+    together = read_measured(files)
+    # As text: a collapsed checkpoint's NaNs are equal there, and repr keeps every bit of a float.
+    assert repr(trajectory_rows(together)) == repr(trajectory_rows(whole))
+    assert repr(bound_rows(together)) == repr(bound_rows(whole))
+    assert repr(findings(together)) == repr(findings(whole))
+    for alone, joined in zip(whole, together, strict=True):
+        assert joined.point == alone.point
+        torch.testing.assert_close(joined.samples, alone.samples, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(joined.eps, alone.eps, rtol=0, atol=0, equal_nan=True)
+    one_error_line(lambda: share(points, 3, 3), "part 3", "0 … 2")
+
+
+def test_a_job_checks_its_share_against_the_trajectorys_first_checkpoint():
+    first = DiffusionProcess(Planted(0), T, BETA_START, BETA_END, sample_shape=(1, 2, 2))
+    other = DiffusionProcess(Planted(0), T, BETA_START, 2 * BETA_END, sample_shape=(1, 2, 2))
+    images, noises = torch.full((8, 1, 2, 2), PIXEL), torch.zeros(1, 1, 2, 2)
+    one_error_line(
+        lambda: follow(
+            [Checkpoint(200, Path("step-200.pt"), "ema")],
+            images,
+            noises,
+            buckets=2,
+            ddim_steps=1,
+            load=lambda point, device: other,
+            reference=(Checkpoint(100, Path("step-100.pt"), "ema"), first),
+        ),  # fmt: skip
+        "step-200.pt",
+        "another process",
+        "step-100.pt",
+    )
 
 
 def test_the_heatmap_draws_each_bucket_relative_to_the_last_checkpoint():

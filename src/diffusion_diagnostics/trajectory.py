@@ -18,15 +18,17 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from .analysis import TimestepLossTable, assemble_table, bucket_edges, bucket_of, measure
+from .bound import ExactCheck, VariationalBound
 from .checkpoint import read_header
 from .diffusion import DiffusionProcess, SamplingOptions
 from .errors import DiagnosticsError
+from .files import save_torch
 from .sources import DiffusersFolder, locate_diffusers_folder
 
 log = logging.getLogger(__name__)
@@ -200,6 +202,44 @@ class Measured:
     eps: torch.Tensor
     samples: torch.Tensor
 
+    def to_state(self) -> dict:
+        """Tensors, numbers and strings only, which ``torch.load(weights_only=True)`` reads back:
+        how a job that measured part of a trajectory hands it on."""
+        point = {**asdict(self.point), "path": str(self.point.path)}
+        point["scheduler"] = None if self.point.scheduler is None else str(self.point.scheduler)
+        return {
+            "point": point,
+            "table": asdict(self.table),
+            "t": self.t,
+            "eps": self.eps,
+            "samples": self.samples,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping) -> Measured:
+        point = dict(state["point"])
+        point["path"] = Path(point["path"])
+        point["scheduler"] = None if point["scheduler"] is None else Path(point["scheduler"])
+        table = dict(state["table"])
+        bound = dict(table.pop("bound"))
+        exact = bound.pop("exact_check")
+        bound = VariationalBound(**bound, exact_check=None if exact is None else ExactCheck(**exact))
+        return cls(
+            Checkpoint(**point),
+            TimestepLossTable(**table, bound=bound),
+            state["t"],
+            state["eps"],
+            state["samples"],
+        )
+
+
+def share(points: list[Checkpoint], part: int, parts: int) -> list[Checkpoint]:
+    """The checkpoints job ``part`` of ``parts`` follows: consecutive ones, as many as the others
+    (±1); with fewer checkpoints than jobs, some follow none."""
+    if not 0 <= part < parts:
+        raise DiagnosticsError(f"trajectory part {part} is not one of 0 … {parts - 1}")
+    return points[part * len(points) // parts : (part + 1) * len(points) // parts]
+
 
 def follow(
     points: list[Checkpoint],
@@ -212,13 +252,15 @@ def follow(
     device: torch.device | str = "cpu",
     options: SamplingOptions | None = None,
     load: Callable[[Checkpoint, torch.device], DiffusionProcess] = load_checkpoint_of,
+    reference: tuple[Checkpoint, DiffusionProcess] | None = None,
 ) -> list[Measured]:
     """Each checkpoint's diagnostics on ``images`` (in the models' size, [-1, 1]) with the same t
     and noise for all (the analysis's stratified draws from ``seed``), and the DDIM decoding of the
-    same ``noises``. The checkpoints must share one process and sample shape."""
+    same ``noises``. The checkpoints must share one process and sample shape, the ``reference``
+    checkpoint's where given (a job that follows part of a trajectory), else the first's."""
     device = torch.device(device)
     batches = list(images.split(batch_size))
-    first = None
+    first = None if reference is None else (reference[0], reference[1].config, reference[1].sample_shape)
     measured = []
     for point in points:
         diffusion = load(point, device)
@@ -241,6 +283,17 @@ def follow(
         measured.append(Measured(point, table, values.values["t"], values.values["eps"], samples))
         del diffusion
     return measured
+
+
+def save_measured(measured: list[Measured], path: str | os.PathLike) -> None:
+    """A job's part of a trajectory, for :func:`read_measured`."""
+    save_torch([one.to_state() for one in measured], path)
+
+
+def read_measured(paths: list[str | os.PathLike]) -> list[Measured]:
+    """The parts :func:`save_measured` wrote, in the order given (each part's checkpoints follow the
+    previous part's)."""
+    return [Measured.from_state(state) for path in paths for state in torch.load(path, weights_only=True)]
 
 
 def _check_alike(first, point: Checkpoint, diffusion: DiffusionProcess) -> None:

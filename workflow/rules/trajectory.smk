@@ -5,10 +5,40 @@
 
 if TRAJECTORY is not None:
 
-    rule trajectory:
+    # trajectory.jobs jobs, each following consecutive checkpoints (side by side on a cluster).
+    rule trajectory_part:
         input:
             checkpoints=TRAJECTORY["inputs"],
             heldout=DATA["heldout"],
+        output:
+            "results/trajectory/parts/{part}.pt",
+        log:
+            "logs/trajectory/part-{part}.log",
+        benchmark:
+            benchmark_file("trajectory_part-{part}")
+        wildcard_constraints:
+            part=r"\d+",
+        conda:
+            CONDA_ENV
+        threads: config["threads"]
+        resources:
+            gpu=1,
+        params:
+            checkpoints=TRAJECTORY["checkpoints"],
+            settings=config["trajectory"],
+            buckets=config["timestep_loss"]["buckets"],
+            image_fit=config["image_fit"],
+            sampling=SAMPLING,
+            device=config["device"],
+        script:
+            "../scripts/trajectory_part.py"
+
+    rule trajectory:
+        input:
+            parts=expand(
+                "results/trajectory/parts/{part}.pt",
+                part=range(config["trajectory"]["jobs"]),
+            ),
         output:
             csv=report(
                 "results/trajectory/trajectory.csv",
@@ -42,15 +72,7 @@ if TRAJECTORY is not None:
             benchmark_file("trajectory")
         conda:
             CONDA_ENV
-        threads: config["threads"]
-        resources:
-            gpu=1,
         params:
-            checkpoints=TRAJECTORY["checkpoints"],
-            settings=config["trajectory"],
-            buckets=config["timestep_loss"]["buckets"],
             image_fit=config["image_fit"],
-            sampling=SAMPLING,
-            device=config["device"],
         script:
             "../scripts/trajectory.py"

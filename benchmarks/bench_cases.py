@@ -33,8 +33,6 @@ from diffusion_diagnostics.trajectory import Checkpoint, follow
 
 # timestep_loss_table's passes per batch: one at the drawn t, one at t = 0 for the decoder term L_0.
 TABLE_PASSES_PER_BATCH = 2
-# What one trajectory checkpoint decodes beside its loss table: the workflow's default samples.
-TRAJECTORY_NOISES, TRAJECTORY_DDIM_STEPS = 8, 20
 
 
 def pixel_difference(images: torch.Tensor, reference: torch.Tensor) -> dict:
@@ -331,21 +329,6 @@ def loss_analyses(diffusion: DiffusionProcess, sizes: Sizes, device: torch.devic
         return run
 
     table_passes = TABLE_PASSES_PER_BATCH * batches
-    noises = torch.randn((TRAJECTORY_NOISES, *diffusion.sample_shape), generator=generator).to(device)
-    zeros = torch.zeros(TRAJECTORY_NOISES, dtype=torch.long, device=device)
-
-    def one_checkpoint():
-        # The network already in memory: a checkpoint file's read is left out of the comparison.
-        point = Checkpoint(0, Path("in-memory"), "ema")
-        follow([point], images, noises, sizes.loss_buckets, batch, ddim_steps=TRAJECTORY_DDIM_STEPS,
-               device=device, load=lambda point, device: diffusion)  # fmt: skip
-
-    def trajectory_floor():
-        repeated_forward(table_passes)()
-        with torch.inference_mode():
-            for _ in range(TRAJECTORY_DDIM_STEPS):
-                diffusion.model(noises, zeros)
-
     return [
         LossAnalysis(
             "per_timestep_loss",
@@ -361,14 +344,42 @@ def loss_analyses(diffusion: DiffusionProcess, sizes: Sizes, device: torch.devic
             Case("loss_table", lambda: timestep_loss_table(diffusion, loader, batches, sizes.loss_buckets)),
             Case("loss_table_floor", repeated_forward(table_passes)),
         ),
-        LossAnalysis(
-            "trajectory, one checkpoint",
-            len(images),
-            table_passes + TRAJECTORY_DDIM_STEPS,
-            Case("trajectory_checkpoint", one_checkpoint),
-            Case("trajectory_checkpoint_floor", trajectory_floor),
-        ),
+        trajectory_analysis(diffusion, sizes, device),
     ]
+
+
+def trajectory_analysis(diffusion: DiffusionProcess, sizes: Sizes, device: torch.device) -> LossAnalysis:
+    """One checkpoint of a trajectory at the workflow's sizes (trajectory.images digits, its DDIM
+    samples) against the forward passes it makes: two per batch, and one per DDIM step."""
+    generator = torch.Generator().manual_seed(1)
+    images = eight_bit_images(sizes.trajectory_images, diffusion.sample_shape, generator)
+    noises = torch.randn((sizes.trajectory_samples, *diffusion.sample_shape), generator=generator)
+    batches = [batch.to(device) for batch in images.split(sizes.trajectory_batch)]
+    noises = noises.to(device)
+    # The network already in memory: a checkpoint file's read is left out of the comparison.
+    point = Checkpoint(0, Path("in-memory"), "ema")
+
+    def one_checkpoint():
+        follow([point], images, noises, sizes.loss_buckets, sizes.trajectory_batch, device=device,
+               ddim_steps=sizes.trajectory_ddim_steps, load=lambda point, device: diffusion)  # fmt: skip
+
+    def floor():
+        with torch.inference_mode():
+            for batch in batches:
+                t = torch.randint(0, diffusion.timesteps, (len(batch),), generator=generator).to(device)
+                diffusion.model(batch, t)
+                diffusion.model(batch, torch.zeros_like(t))
+            zeros = torch.zeros(len(noises), dtype=torch.long, device=device)
+            for _ in range(sizes.trajectory_ddim_steps):
+                diffusion.model(noises, zeros)
+
+    return LossAnalysis(
+        "trajectory, one checkpoint",
+        len(images),
+        TABLE_PASSES_PER_BATCH * len(batches) + sizes.trajectory_ddim_steps,
+        Case("trajectory_checkpoint", one_checkpoint),
+        Case("trajectory_checkpoint_floor", floor),
+    )
 
 
 # --- training ------------------------------------------------------------------------------------

@@ -25,6 +25,11 @@ class Sizes:
     loss_batch: int
     loss_batches: int
     loss_buckets: int
+    # One checkpoint of a trajectory: digits measured, at once, starting noises decoded, DDIM steps.
+    trajectory_images: int
+    trajectory_batch: int
+    trajectory_samples: int
+    trajectory_ddim_steps: int
     train_batch: int
     # train() is timed at two lengths; the difference is the steady-state cost of its loop.
     train_steps: tuple[int, int]
@@ -54,6 +59,7 @@ def full_sizes() -> Sizes:
     """The workflow's defaults, read from config/config.yaml so that the benchmark follows them."""
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     grid, loss, training = config["interpolation"], config["timestep_loss"], config["train"]
+    trajectory = config["trajectory"]
     timesteps = config["diffusion"]["timesteps"]
     return Sizes(
         model={key: config["model"][key] for key in LAYOUT_KEYS},
@@ -65,6 +71,10 @@ def full_sizes() -> Sizes:
         loss_batch=loss["batch_size"],
         loss_batches=loss["num_batches"],
         loss_buckets=loss["buckets"],
+        trajectory_images=trajectory["images"],
+        trajectory_batch=trajectory["batch_size"],
+        trajectory_samples=trajectory["samples"],
+        trajectory_ddim_steps=trajectory["ddim_steps"],
         train_batch=training["batch_size"],
         train_steps=(10, 60),
         train_val_size=training["val_size"],
@@ -86,6 +96,10 @@ def quick_sizes() -> Sizes:
         loss_batch=16,
         loss_batches=2,
         loss_buckets=2,
+        trajectory_images=16,
+        trajectory_batch=8,
+        trajectory_samples=2,
+        trajectory_ddim_steps=2,
         train_batch=8,
         train_steps=(2, 4),
         train_val_size=16,

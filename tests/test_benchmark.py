@@ -29,7 +29,7 @@ ROWS = (
     "| DDIM grid, S = 2 | 2 |",
     "| per_timestep_loss (32 images) | 2 |",
     "| timestep_loss_table (32 images) | 4 |",
-    "| trajectory, one checkpoint (32 images) | 24 |",
+    "| trajectory, one checkpoint (16 images) | 6 |",
     "| training, batch 8 (2 steps) |",
     "| S = 5 |",
     "| precision: bfloat16 |",

@@ -33,6 +33,26 @@ def tiny_unet(seed: int = 0, *, zero_output: bool = False, **config) -> UNet:
     return model.eval()
 
 
+def tiny_unet2d(seed: int = 0, **config):
+    """A tiny diffusers UNet2DModel (1 channel, 8 × 8 unless ``config`` says otherwise), as its
+    constructor leaves it (in training mode); its weights depend on ``seed`` alone."""
+    import diffusers
+
+    layout = {
+        "sample_size": 8,
+        "in_channels": 1,
+        "out_channels": 1,
+        "block_out_channels": (8, 16),
+        "layers_per_block": 1,
+        "down_block_types": ("DownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "UpBlock2D"),
+        "norm_num_groups": 4,
+    }
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return diffusers.UNet2DModel(**{**layout, **config})
+
+
 class StandIn(nn.Module):
     """The base of every network defined by a formula instead of weights. It has no learnable
     weights, but one zero parameter, the device anchor, so that runtime.model_device finds the

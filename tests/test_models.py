@@ -26,25 +26,13 @@ from diffusion_diagnostics.models import hub_folder_name, load_entry_point
 from diffusion_diagnostics.process_config import ProcessConfig
 
 from conftest import COMMIT, StandInHub
-from doubles import one_error_line, tiny_unet
+from doubles import one_error_line, tiny_unet, tiny_unet2d
 
 T = 30
-UNET = {
-    "sample_size": 16,
-    "in_channels": 1,
-    "out_channels": 1,
-    "block_out_channels": (8, 16),
-    "layers_per_block": 1,
-    "down_block_types": ("DownBlock2D", "DownBlock2D"),
-    "up_block_types": ("UpBlock2D", "UpBlock2D"),
-    "norm_num_groups": 4,
-}
 
 
 def diffusers_unet(seed: int = 0, **config):
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return diffusers.UNet2DModel(**{**UNET, **config}).eval()
+    return tiny_unet2d(seed, **{"sample_size": 16, **config}).eval()
 
 
 def save_folder(path: Path, layout: str, unet, scheduler, safe: bool = True) -> Path:

@@ -13,20 +13,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from diffusion_diagnostics.monitor import TimestepLossMonitor, scalar_name
 
-
-def tiny_unet2d() -> diffusers.UNet2DModel:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return diffusers.UNet2DModel(
-            sample_size=8,
-            in_channels=1,
-            out_channels=1,
-            block_out_channels=(8, 16),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "UpBlock2D"),
-            norm_num_groups=4,
-        )
+from doubles import tiny_unet2d
 
 
 def test_a_diffusers_training_loop_logs_each_bucket_to_tensorboard(tmp_path):

@@ -31,7 +31,7 @@ from diffusion_diagnostics.trajectory import (
     trajectory_rows,
 )
 
-from doubles import StandIn, one_error_line, reference_schedule, tiny_unet
+from doubles import StandIn, one_error_line, reference_schedule, tiny_unet, tiny_unet2d
 
 T, BETA_START, BETA_END = 40, 1e-3, 0.2
 BUCKETS = 8
@@ -206,21 +206,12 @@ def test_a_snapshot_holds_both_weights_side_by_side(tmp_path):
 
 def diffusers_training_run(root, steps=(10, 20), scheduler=True):
     """A run as diffusers' train_unconditional.py leaves it: checkpoint-<step>/ with unet/ and the
-    EMA's unet_ema/ (EMAModel.save_pretrained), and the pipeline (with its scheduler) in the run's
-    folder."""
+    EMA's unet_ema/ (EMAModel.save_pretrained), and the pipeline of the last epoch (with its
+    scheduler) in the run's folder, which makes the folder a DDPMPipeline folder too. A run stopped
+    inside its first epoch has no pipeline yet (``scheduler=False``)."""
+    unet = tiny_unet2d(seed=0)
     for index, step in enumerate(steps):
-        with torch.random.fork_rng():
-            torch.manual_seed(index)
-            unet = diffusers.UNet2DModel(
-                sample_size=8,
-                in_channels=1,
-                out_channels=1,
-                block_out_channels=(8, 16),
-                layers_per_block=1,
-                down_block_types=("DownBlock2D", "DownBlock2D"),
-                up_block_types=("UpBlock2D", "UpBlock2D"),
-                norm_num_groups=4,
-            )
+        unet = tiny_unet2d(seed=index)
         unet.save_pretrained(root / f"checkpoint-{step}" / "unet")
         ema = EMAModel(unet.parameters(), model_cls=diffusers.UNet2DModel, model_config=unet.config)
         with torch.no_grad():
@@ -228,9 +219,10 @@ def diffusers_training_run(root, steps=(10, 20), scheduler=True):
                 parameter.mul_(0.5)  # the EMA unlike the network, so that the two can be told apart
         ema.save_pretrained(root / f"checkpoint-{step}" / "unet_ema")
     if scheduler:
-        diffusers.DDPMScheduler(
+        noise_scheduler = diffusers.DDPMScheduler(
             num_train_timesteps=T, beta_start=BETA_START, beta_end=BETA_END
-        ).save_pretrained(root / "scheduler")
+        )
+        diffusers.DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(root)
     return root
 
 
@@ -260,6 +252,8 @@ def test_a_scheduler_given_elsewhere_is_taken(tmp_path):
     elsewhere = diffusers_training_run(tmp_path / "other", steps=(), scheduler=True)
     [point] = find_checkpoints(run, scheduler=elsewhere)
     assert point.scheduler == elsewhere / "scheduler" / "scheduler_config.json"
+    # A pipeline folder alone is one model, not a run.
+    one_error_line(lambda: find_checkpoints(elsewhere), "one diffusers model", "checkpoint:")
 
 
 def test_bad_trajectories_are_one_error_line(tmp_path):

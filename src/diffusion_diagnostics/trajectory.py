@@ -87,14 +87,22 @@ def find_checkpoints(
 
 
 def _entries(spec: str) -> list[Path]:
+    """The files and folders a glob or a folder names. A run's folder may itself be a diffusers
+    pipeline folder (diffusers' script saves its last epoch's pipeline there, beside the
+    checkpoint-<step>/ folders): its checkpoints are what it holds, the pipeline is not one."""
     if glob.has_magic(spec):
         entries = sorted(Path(match) for match in glob.glob(spec))
-    elif Path(spec).is_dir() and locate_diffusers_folder(Path(spec)) is None:
+    elif Path(spec).is_dir():
         entries = sorted(
             entry
             for entry in Path(spec).iterdir()
             if entry.suffix == ".pt" or (entry.is_dir() and _is_model_folder(entry))
         )
+        if not entries and locate_diffusers_folder(Path(spec)) is not None:
+            raise DiagnosticsError(
+                f"trajectory {spec}: one diffusers model, not a folder of a run's checkpoints; "
+                f"diagnose it with checkpoint: {spec}, or name the folder that holds its checkpoints"
+            )
     else:
         raise DiagnosticsError(
             f"trajectory {spec}: neither a glob nor a folder of checkpoints; name the folder that "

@@ -22,6 +22,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import diffusion_diagnostics.diffusion
 
+from doubles import tiny_unet2d
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "tiny_config.yaml"
 # Two cores are shared by pytest and the snakemake subprocesses: keep in-process torch to one.
@@ -252,24 +254,14 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 
 
 def save_diffusers_folder(
-    path: Path, layout: str, sample_size: int = 16, safe: bool = True, **scheduler
+    path: Path, layout: str, sample_size: int = 16, safe: bool = True, channels: int = 1, **scheduler
 ) -> Path:
-    """A tiny UNet2DModel and a DDPMScheduler (keys: ``scheduler``) saved by diffusers' own
-    save_pretrained: as a pipeline (model_index.json, unet/, scheduler/) or flat, side by side."""
+    """A tiny UNet2DModel of ``channels`` and a DDPMScheduler (keys: ``scheduler``) saved by
+    diffusers' own save_pretrained: as a pipeline (model_index.json, unet/, scheduler/) or flat,
+    side by side."""
     import diffusers
 
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        unet = diffusers.UNet2DModel(
-            sample_size=sample_size,
-            in_channels=1,
-            out_channels=1,
-            block_out_channels=(8, 16),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "UpBlock2D"),
-            norm_num_groups=4,
-        )
+    unet = tiny_unet2d(sample_size=sample_size, in_channels=channels, out_channels=channels)
     schedule = diffusers.DDPMScheduler(**{"num_train_timesteps": 20, **scheduler})
     if layout == "pipeline":
         diffusers.DDPMPipeline(unet=unet, scheduler=schedule).save_pretrained(path, safe_serialization=safe)

@@ -54,10 +54,30 @@ def test_digits_of_the_models_own_size_are_left_alone():
     assert check_fit((1, 32, 32), "pad").startswith("padded with background from 28 × 28 to 32 × 32")
 
 
+def test_an_rgb_model_takes_the_grey_digit_in_every_channel():
+    """As a model trained on MNIST through an RGB loader saw it (diffusers' train_unconditional.py);
+    its samples come back as their channel mean, the digit itself when the channels agree."""
+    images = digits()
+    rgb = to_model_size(images, (3, 32, 32), "pad")
+    assert rgb.shape == (len(images), 3, 32, 32)
+    for channel in range(3):
+        assert torch.equal(rgb[:, channel : channel + 1], to_model_size(images, (1, 32, 32), "pad"))
+    torch.testing.assert_close(to_digit_size(rgb, "pad"), images)  # the mean of three equal values
+    tinted = rgb.clone()
+    tinted[:, 0] += 0.3
+    torch.testing.assert_close(to_digit_size(tinted, "pad"), images + 0.1)
+    assert (
+        check_fit((3, 28, 28), "pad")
+        == "as they are (28 × 28) in R, G and B alike (samples back as their channel mean)"
+    )
+    assert "in R, G and B alike" in check_fit((3, 32, 32), "resize")
+
+
 @pytest.mark.parametrize(
     ("shape", "fit", "message"),
     [
-        ((3, 32, 32), "pad", "3-channel images of 32 × 32; MNIST digits have one channel"),
+        ((2, 32, 32), "pad", "2-channel images of 32 × 32; MNIST digits are grey"),
+        ((4, 28, 28), "resize", "4-channel images"),
         (
             (1, 16, 16),
             "pad",

@@ -3,9 +3,9 @@ their comparison.
 
 One real snakemake run of the tiny config with five models, one of each kind `checkpoint:` reads:
 `given`, this package's checkpoint file; `small`, trained with its own model and train overrides;
-`folder`, a diffusers pipeline folder of another image size (32 x 32) and process; `hub`, a flat
+`folder`, a diffusers pipeline folder of another image size (32 x 32, RGB) and process; `hub`, a flat
 diffusers folder served by a stand-in Hugging Face Hub on 127.0.0.1; `own`, a user's network by its
-entry point. `folder`, the one whose size and process differ from the tiny config's, is taken to
+entry point. `folder`, the one whose shape and process differ from the tiny config's, is taken to
 every output of a single run (tiny_run takes the others' kinds there); the rest to what shows how
 each was read (model.json, the loss, the noise it starts from), `small` through its training. A
 user's files are used as given, never written. Then dry runs that show each model's work as
@@ -105,6 +105,7 @@ def sweep_config(workdir) -> tuple[dict, dict]:
         workdir / "my-ddpm",
         "pipeline",
         sample_size=32,
+        channels=3,  # RGB, as diffusers' train_unconditional.py trains on MNIST
         **scheduler(prediction_type="v_prediction", variance_type="fixed_large", clip_sample=True),
     )
     weights = workdir / "own.pt"
@@ -235,7 +236,8 @@ def test_every_kind_of_model_is_read_as_what_it_is(sweep_run):
     workdir, config = sweep_run
     cards = {name: json.loads((workdir / "results" / name / "model.json").read_text()) for name in MODELS}
     assert {name: card["source"] for name, card in cards.items()} == KINDS
-    assert cards["folder"]["sample_shape"] == [1, 32, 32] and cards["folder"]["digits"].startswith("padded")
+    assert cards["folder"]["sample_shape"] == [3, 32, 32] and cards["folder"]["digits"].startswith("padded")
+    assert "in R, G and B alike" in cards["folder"]["digits"]
     assert cards["folder"]["process"]["prediction_type"] == "v_prediction"
     assert cards["folder"]["process"]["variance_type"] == "fixed_large"
     assert (
@@ -248,7 +250,7 @@ def test_every_kind_of_model_is_read_as_what_it_is(sweep_run):
 
     # Noise in each model's shape; the grids and the judge see 28 x 28 digits whatever the model.
     z0, _ = load_endpoints(workdir / "results/folder/noise/ddim_endpoints.pt")
-    assert z0.shape[1:] == (1, 32, 32)
+    assert z0.shape[1:] == (3, 32, 32)
     given_z0, _ = load_endpoints(workdir / "results/given/noise/ddim_endpoints.pt")
     hub_z0, _ = load_endpoints(workdir / "results/hub/noise/ddim_endpoints.pt")
     assert torch.equal(given_z0, hub_z0), "models of one shape decode the same noise"

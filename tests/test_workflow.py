@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from diffusion_diagnostics.checkpoint import load_checkpoint
+from diffusion_diagnostics.trajectory import read_measured
 
 from conftest import GPU_RULES, OUTPUTS, planned_jobs, run_snakemake, tiny_config
 
@@ -210,6 +211,12 @@ def test_a_trained_model_leaves_its_trajectory(tiny_run):
     assert all(float(r["eps_mse"]) > 0 and float(r["eps_std_error"]) > 0 for r in rows)
     with open(tiny_run / "results/trajectory/bound.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == 2 * len(steps)
+    # The tiny config shares the checkpoints between two jobs, consecutive ones each.
+    jobs = config["trajectory"]["jobs"]
+    parts = [tiny_run / f"results/trajectory/parts/{part}.pt" for part in range(jobs)]
+    shares = [[(one.point.step, one.point.weights) for one in read_measured([part])] for part in parts]
+    assert [len(share) for share in shares] == [len(rows) // buckets // jobs] * jobs
+    assert sum(shares, []) == [(step, weights) for step in steps for weights in ("ema", "online")]
     found = json.loads((tiny_run / "results/trajectory/findings.json").read_text())
     assert set(found) == {"regressing", "stalled", "collapsed", "rules"}
     with Image.open(tiny_run / "results/trajectory/samples.png") as image:

@@ -2,8 +2,12 @@
 
 MNIST models are often 32 × 32 (a UNet halves the size at each level). ``pad`` puts background
 (-1) around the digit, as many 32 × 32 MNIST pipelines do, and crops it off again; ``resize``
-scales bilinearly, with antialiasing when shrinking, both ways. Only one-channel models take
-digits: a colour model cannot be fed grey digits without inventing its colours.
+scales bilinearly, with antialiasing when shrinking, both ways.
+
+A three-channel (RGB) model takes the grey digit in all three channels, which is what a model
+trained on MNIST through an RGB loader saw (diffusers' ``train_unconditional.py`` converts every
+image to RGB), and its samples come back as the mean of their channels. Other channel counts are
+refused: grey digits cannot stand for them.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from .errors import DiagnosticsError
 
 DIGIT_SHAPE = (1, 28, 28)
 IMAGE_FITS = ("pad", "resize")
+# Grey digits, or RGB with the grey in every channel.
+CHANNELS = (1, 3)
 BACKGROUND = -1.0
 
 
@@ -24,20 +30,21 @@ def check_fit(sample_shape: tuple[int, ...], fit: str) -> str:
     if fit not in IMAGE_FITS:
         raise DiagnosticsError(f"image_fit '{fit}' is unknown; use one of {', '.join(IMAGE_FITS)}")
     channels, height, width = sample_shape
-    if channels != 1:
+    if channels not in CHANNELS:
         raise DiagnosticsError(
-            f"the model takes {channels}-channel images of {height} × {width}; MNIST digits have one "
-            "channel, so this model cannot be diagnosed on them"
+            f"the model takes {channels}-channel images of {height} × {width}; MNIST digits are grey, "
+            "which a model of 1 channel or 3 (RGB) takes, so this model cannot be diagnosed on them"
         )
+    colour = " in R, G and B alike (samples back as their channel mean)" if channels == 3 else ""
     if (height, width) == DIGIT_SHAPE[1:]:
-        return "as they are (28 × 28)"
+        return f"as they are (28 × 28){colour}"
     if fit == "pad" and (height < 28 or width < 28):
         raise DiagnosticsError(
             f"the model's images are {height} × {width}, smaller than the 28 × 28 digits, which "
             "cannot be padded to it; set image_fit: resize"
         )
     verb = "padded with background" if fit == "pad" else "resized"
-    return f"{verb} from 28 × 28 to {height} × {width}, and samples back the same way"
+    return f"{verb} from 28 × 28 to {height} × {width}{colour}, and samples back the same way"
 
 
 def _padding(height: int, width: int) -> tuple[int, int, int, int]:
@@ -49,16 +56,21 @@ def _padding(height: int, width: int) -> tuple[int, int, int, int]:
 def to_model_size(images: torch.Tensor, sample_shape: tuple[int, ...], fit: str) -> torch.Tensor:
     """Digits (N, 1, 28, 28) in [-1, 1] as the model's images (N, *sample_shape)."""
     check_fit(sample_shape, fit)
-    height, width = sample_shape[1:]
-    if (height, width) == DIGIT_SHAPE[1:]:
-        return images
-    if fit == "pad":
-        return F.pad(images, _padding(height, width), value=BACKGROUND)
-    return F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    channels, height, width = sample_shape
+    if (height, width) != DIGIT_SHAPE[1:] and fit == "pad":
+        images = F.pad(images, _padding(height, width), value=BACKGROUND)
+    elif (height, width) != DIGIT_SHAPE[1:]:
+        images = F.interpolate(
+            images, size=(height, width), mode="bilinear", align_corners=False, antialias=True
+        )
+    return images.expand(-1, channels, -1, -1) if channels != 1 else images
 
 
 def to_digit_size(images: torch.Tensor, fit: str) -> torch.Tensor:
-    """The model's images (..., 1, H, W) back as 28 × 28 digits, the inverse of to_model_size."""
+    """The model's images (..., C, H, W) back as 28 × 28 grey digits, the inverse of
+    to_model_size."""
+    if images.shape[-3] != 1:
+        images = images.mean(dim=-3, keepdim=True)
     height, width = images.shape[-2:]
     if (height, width) == DIGIT_SHAPE[1:]:
         return images

@@ -68,7 +68,7 @@ def test_an_rgb_model_takes_the_grey_digit_in_every_channel():
     torch.testing.assert_close(to_digit_size(tinted, "pad"), images + 0.1)
     assert (
         check_fit((3, 28, 28), "pad")
-        == "as they are (28 × 28) in R, G and B alike (samples back as their channel mean)"
+        == "as they are (28 × 28); in R, G and B alike, samples back as the mean of their channels"
     )
     assert "in R, G and B alike" in check_fit((3, 32, 32), "resize")
 

@@ -35,7 +35,7 @@ def check_fit(sample_shape: tuple[int, ...], fit: str) -> str:
             f"the model takes {channels}-channel images of {height} × {width}; MNIST digits are grey, "
             "which a model of 1 channel or 3 (RGB) takes, so this model cannot be diagnosed on them"
         )
-    colour = " in R, G and B alike (samples back as their channel mean)" if channels == 3 else ""
+    colour = "; in R, G and B alike, samples back as the mean of their channels" if channels == 3 else ""
     if (height, width) == DIGIT_SHAPE[1:]:
         return f"as they are (28 × 28){colour}"
     if fit == "pad" and (height < 28 or width < 28):
@@ -44,7 +44,7 @@ def check_fit(sample_shape: tuple[int, ...], fit: str) -> str:
             "cannot be padded to it; set image_fit: resize"
         )
     verb = "padded with background" if fit == "pad" else "resized"
-    return f"{verb} from 28 × 28 to {height} × {width}{colour}, and samples back the same way"
+    return f"{verb} from 28 × 28 to {height} × {width}, and samples back the same way{colour}"
 
 
 def _padding(height: int, width: int) -> tuple[int, int, int, int]:

@@ -165,6 +165,12 @@ def test_the_heatmap_draws_each_bucket_relative_to_the_last_checkpoint():
     assert drawn.shape == (BUCKETS, len(STEPS))
     assert drawn.mask[COLLAPSED].all()  # non-finite, drawn in the "bad" colour
     assert drawn[REGRESSING, -1] == 0 and drawn[REGRESSING, REGRESSES_AFTER] < 0  # blue before the end
+    # The colours reach what 90 % of the cells stay within: the first checkpoints saturate instead
+    # of washing out the rest.
+    finite = sorted(abs(value) for line in ratios for value in line if math.isfinite(value))
+    assert image.norm.vmax == pytest.approx(finite[int(0.9 * (len(finite) - 1))])
+    assert image.norm.vmax < finite[-1]
+    assert image.norm.vmin == -image.norm.vmax
 
 
 # --- finding and ordering checkpoints --------------------------------------------------------------

@@ -377,19 +377,25 @@ def trajectory_ratios(rows: list[dict]) -> tuple[list[int], list[dict], list[lis
     return steps, [row for _, row in buckets], ratios
 
 
+# The heatmap's colours reach the ratio this share of its cells stay within, and saturate beyond:
+# else the first checkpoints, a thousand times the last one's error, leave the rest all white.
+HEATMAP_REACH_QUANTILE = 0.9
+
+
 def trajectory_heatmap_figure(rows: list[dict]) -> Figure:
     """Checkpoint step (x) by bucket of t (y, labelled with its log-SNR), coloured by the bucket's
     ε-MSE relative to the last checkpoint's on a log scale diverging at 1: a stage learned late
-    stays red long, one that gets worse turns blue before the end; black is non-finite. One panel
-    per set of weights (EMA, online)."""
+    stays red long, one that gets worse turns blue before the end; black is non-finite. The scale
+    reaches HEATMAP_REACH_QUANTILE of the cells and saturates beyond. One panel per set of weights
+    (EMA, online)."""
     runs = _by_weights(rows)
     figure, panels = plt.subplots(
         1, len(runs), figsize=(4.0 + 4.5 * len(runs), 4.5), layout="constrained", squeeze=False
     )
     for axes, (weights, run) in zip(panels[0], runs.items(), strict=True):
         steps, buckets, ratios = trajectory_ratios(run)
-        finite = [abs(value) for line in ratios for value in line if math.isfinite(value)]
-        reach = max([*finite, 0.05])
+        finite = sorted(abs(value) for line in ratios for value in line if math.isfinite(value))
+        reach = max(finite[int(HEATMAP_REACH_QUANTILE * (len(finite) - 1))] if finite else 0.0, 0.05)
         colours = plt.get_cmap("RdBu_r").with_extremes(bad="black")
         image = axes.imshow(
             ratios,
@@ -403,7 +409,9 @@ def trajectory_heatmap_figure(rows: list[dict]) -> Figure:
         axes.set_yticks(range(len(buckets)), [_bucket_label(b, with_log_snr=True) for b in buckets])
         axes.set_xlabel("training step")
         axes.set_title(f"ε-MSE ÷ the last checkpoint's ({weights} weights)")
-        bar = figure.colorbar(image, ax=axes, format=FuncFormatter(lambda value, _: f"× {10**value:.3g}"))
+        bar = figure.colorbar(
+            image, ax=axes, extend="both", format=FuncFormatter(lambda value, _: f"× {10**value:.3g}")
+        )
         bar.set_label("ε-MSE ÷ the last checkpoint's (log scale)")
     return figure
 
@@ -426,7 +434,12 @@ def trajectory_bound_figure(rows: list[dict], bounds: list[dict]) -> Figure:
         buckets = sorted({int(r["bucket"]): r for r in run}.items())
         labels = [_bucket_label(row) for _, row in buckets]
         prior = [float(r["prior_bpd"]) for r in totals]
-        axes.stackplot(steps, *stacked, prior, labels=[*labels, "prior L_T"], alpha=0.6)
+        # A colour per bucket from t = 0 to T (more buckets than a colour cycle has), the prior grey.
+        colours = [
+            *plt.get_cmap("viridis")([i / max(1, len(stacked) - 1) for i in range(len(stacked))]),
+            "grey",
+        ]
+        axes.stackplot(steps, *stacked, prior, labels=[*labels, "prior L_T"], colors=colours, alpha=0.7)
         axes.errorbar(
             steps,
             [float(r["total_bpd"]) for r in totals],

@@ -179,6 +179,17 @@ def test_nan_weights(tmp_path):
     assert_refused(path, "NaN", "conv_in.weight")
 
 
+def test_nan_weights_are_loaded_when_asked_with_a_warning(tmp_path, caplog):
+    """As a trajectory loads a checkpoint whose training diverged, to report it collapsed."""
+    state = tiny_unet().state_dict()
+    state["conv_in.weight"][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "diverged.pt"
+    save_checkpoint(path, tiny_unet(), DIFFUSION_CONFIG, state_dict=state)
+    diffusion, _ = load_checkpoint(path, finite_only=False)
+    assert diffusion.model.conv_in.weight.isnan().any()
+    assert "diverged.pt: weights hold NaN or Inf (conv_in.weight)" in caplog.text
+
+
 def malicious_checkpoint(path, marker):
     payload = {
         "format": FORMAT,

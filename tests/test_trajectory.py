@@ -72,11 +72,14 @@ class Planted(StandIn):
         return (eps + self.offsets[bucket].reshape(shape)).to(x_t.dtype)
 
 
-def planted_trajectory(steps=STEPS, reference=None):
+def planted_trajectory(steps=STEPS, reference=None, diverged_at=None):
+    """The planted checkpoints followed; ``diverged_at``: the index of one whose weights went NaN."""
     points = [Checkpoint(step, Path(f"step-{step}.pt"), "ema") for step in steps]
 
     def load(point, device):
         network = Planted(STEPS.index(point.step))
+        if STEPS.index(point.step) == diverged_at:
+            network.offsets.fill_(math.nan)
         return DiffusionProcess(network, T, BETA_START, BETA_END, sample_shape=(1, 2, 2)).to(device)
 
     images = torch.full((160, 1, 2, 2), PIXEL)
@@ -101,6 +104,20 @@ def test_a_planted_trajectory_is_found_exactly():
     assert {(f["bucket"], f["from_step"]) for f in found["collapsed"]} == {
         (COLLAPSED, step) for step in STEPS[COLLAPSES_AT:]
     }
+
+
+def test_a_checkpoint_that_diverged_collapses_everywhere_and_hides_nothing_else():
+    """Its every bucket is non-finite, so it is collapsed in each; the other checkpoints are still
+    compared (the regression after it, the stall) as if it were not there."""
+    diverged = 4
+    found = findings(planted_trajectory(diverged_at=diverged))
+    assert [(f["bucket"], f["from_step"], f["to_step"]) for f in found["regressing"]] == [
+        (REGRESSING, STEPS[REGRESSES_AFTER], STEPS[-1])
+    ]
+    assert [f["bucket"] for f in found["stalled"]] == [STALLED]
+    assert {(f["bucket"], f["from_step"]) for f in found["collapsed"]} == {
+        (bucket, STEPS[diverged]) for bucket in range(BUCKETS)
+    } | {(COLLAPSED, step) for step in STEPS[COLLAPSES_AT:]}
 
 
 def test_jobs_that_follow_shares_of_a_trajectory_add_up_to_one_job(tmp_path):

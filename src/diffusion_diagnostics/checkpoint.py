@@ -8,6 +8,7 @@ and the network are imported by the functions that need them.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import zipfile
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING
 
 from .errors import DiagnosticsError
 from .process_config import ProcessConfig
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -87,10 +90,15 @@ def state_dict_mismatch(model: torch.nn.Module, state_dict: dict) -> str:
 
 
 def load_checkpoint(
-    path: str | os.PathLike, device: torch.device | str = "cpu", weights: str = "ema"
+    path: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    weights: str = "ema",
+    finite_only: bool = True,
 ) -> tuple[DiffusionProcess, dict]:
     """Rebuild the diffusion process from a checkpoint file: its EMA network, or with
-    ``weights="online"`` the online one a training snapshot keeps beside it.
+    ``weights="online"`` the online one a training snapshot keeps beside it. Weights that hold
+    NaN or Inf are one error line, or with ``finite_only=False`` a warning (a trajectory reports
+    such a checkpoint as collapsed).
 
     Returns the process, in eval mode on ``device``, and the checkpoint's training metadata.
     """
@@ -122,11 +130,13 @@ def load_checkpoint(
             f"model_config describes ({detail})"
         )
     broken = [name for name, tensor in state_dict.items() if not torch.isfinite(tensor).all()]
-    if broken:
+    if broken and finite_only:
         raise DiagnosticsError(
             f"checkpoint {path}: weights hold NaN or Inf ({', '.join(broken[:3])}); "
             "the model diverged while training, retrain it"
         )
+    if broken:
+        log.warning("checkpoint %s: weights hold NaN or Inf (%s)", path, ", ".join(broken[:3]))
     model.load_state_dict(state_dict)
     config = ProcessConfig.from_dict(payload["diffusion_config"], f"checkpoint {path}: diffusion_config")
     return DiffusionProcess(model, config=config).to(device).eval(), dict(payload.get("training", {}))

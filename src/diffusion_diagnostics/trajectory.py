@@ -195,7 +195,8 @@ def load_checkpoint_of(point: Checkpoint, device: torch.device | str = "cpu") ->
         return read_diffusers_folder(folder, device)[0]
     if point.path.is_dir():
         return load_model(point.path, device)[0]
-    return load_checkpoint(point.path, device, point.weights)[0]
+    # A checkpoint whose weights diverged is measured all the same: findings() calls it collapsed.
+    return load_checkpoint(point.path, device, point.weights, finite_only=False)[0]
 
 
 @dataclass
@@ -371,21 +372,24 @@ def bound_rows(measured: list[Measured]) -> list[dict]:
 def findings(measured: list[Measured]) -> dict:
     """The buckets of t that regress, stall or collapse, for each set of weights followed.
 
+    - collapsed: non-finite, or COLLAPSE_DECADES decades off what its neighbours in t predict,
+      at a checkpoint (a checkpoint whose weights diverged collapses in every bucket);
     - regressing: the last checkpoint's ε-MSE is above the lowest of the earlier ones by more than
       Z standard errors of the paired differences (same images, t and noise) and by MIN_CHANGE;
     - stalled: over the last third of the checkpoints it neither fell nor rose by that much, while
-      another bucket fell;
-    - collapsed: non-finite, or COLLAPSE_DECADES decades off what its neighbours in t predict.
-    Each finding names the bucket, its t range, the steps and the numbers.
+      another bucket fell.
+    A bucket is compared only between checkpoints where it has not collapsed. Each finding names
+    the bucket, its t range, the steps and the numbers.
     """
     result = {"regressing": [], "stalled": [], "collapsed": [], "rules": _rules()}
     for weights in dict.fromkeys(one.point.weights for one in measured):
         run = [one for one in measured if one.point.weights == weights]
-        result["collapsed"] += _collapsed(run)
-        collapsed = {item["bucket"] for item in result["collapsed"] if item["weights"] == weights}
-        regressing = _regressing(run, collapsed)
+        collapsed = _collapsed(run)
+        result["collapsed"] += collapsed
+        broken = {(item["bucket"], item["from_step"]) for item in collapsed}
+        regressing = _regressing(run, broken)
         result["regressing"] += regressing
-        result["stalled"] += _stalled(run, collapsed | {item["bucket"] for item in regressing})
+        result["stalled"] += _stalled(run, broken, {item["bucket"] for item in regressing})
     return result
 
 
@@ -432,42 +436,40 @@ def _item(run: list[Measured], bucket: int, before: int, after: int, change: flo
     }
 
 
-def _regressing(run: list[Measured], skip: set[int]) -> list[dict]:
+def _regressing(run: list[Measured], broken: set[tuple[int, int]]) -> list[dict]:
     found = []
-    if len(run) < 2:
-        return found
     last = len(run) - 1
     for bucket in range(len(run[0].table.mean)):
-        if bucket in skip:
+        earlier = [c for c in range(last) if (bucket, run[c].point.step) not in broken]
+        if (bucket, run[last].point.step) in broken or not earlier:
             continue
-        earlier = [float(one.table.mean[bucket]) for one in run[:last]]
-        best = min(range(last), key=lambda c: earlier[c])
+        best = min(earlier, key=lambda c: float(run[c].table.mean[bucket]))
         change, std_error = _change(run, best, last, bucket)
-        if change > 0 and _significant(change, std_error, earlier[best]):
+        if change > 0 and _significant(change, std_error, float(run[best].table.mean[bucket])):
             found.append(_item(run, bucket, best, last, change, std_error))
     return found
 
 
-def _stalled(run: list[Measured], skip: set[int]) -> list[dict]:
+def _stalled(run: list[Measured], broken: set[tuple[int, int]], regressing: set[int]) -> list[dict]:
     if len(run) < 3:
         return []
     last = len(run) - 1
     start = last - max(1, math.ceil(len(run) / 3))
     changes = {}
     for bucket in range(len(run[0].table.mean)):
+        if {(bucket, run[start].point.step), (bucket, run[last].point.step)} & broken:
+            continue
         change, std_error = _change(run, start, last, bucket)
         changes[bucket] = (
             change,
             std_error,
             _significant(change, std_error, float(run[start].table.mean[bucket])),
         )
-    improving = {
-        b for b, (change, _, significant) in changes.items() if significant and change < 0 and b not in skip
-    }
+    improving = {b for b, (change, _, significant) in changes.items() if significant and change < 0}
     return [
         _item(run, bucket, start, last, change, std_error)
         for bucket, (change, std_error, significant) in changes.items()
-        if bucket not in skip and not significant and improving - {bucket}
+        if bucket not in regressing and not significant and improving - {bucket}
     ]
 
 

@@ -5,6 +5,8 @@ read_tagged_file's one error line for every kind of bad file."""
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import random
 
 import pytest
@@ -113,6 +115,13 @@ def test_json_round_trip_writes_text_as_it_is_with_a_final_newline(tmp_path):
     assert data.endswith(b"}\n") and not data.endswith(b"\n\n")
     assert data.startswith(b'{\n  "schedule"')  # indented, keys in the order given
     assert read_json(tmp_path / "model.json") == payload
+
+
+def test_json_writes_a_nan_or_infinity_as_null_which_strict_readers_accept(tmp_path):
+    write_json({"error": math.nan, "steps": [1.0, -math.inf, (math.inf, 2)]}, tmp_path / "f.json")
+    text = (tmp_path / "f.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text, parse_constant=pytest.fail) == {"error": None, "steps": [1.0, None, [None, 2]]}
 
 
 # --- file_digest ---------------------------------------------------------------------------------

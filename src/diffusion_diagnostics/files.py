@@ -8,6 +8,7 @@ import contextlib
 import csv
 import hashlib
 import json
+import math
 import os
 import pickle
 from pathlib import Path
@@ -67,9 +68,22 @@ def read_csv(path: str | os.PathLike) -> list[dict]:
 
 
 def write_json(payload, path: str | os.PathLike) -> None:
-    """``payload`` as indented JSON with a final newline, atomically; text as it is (β, not \\u03b2)."""
+    """``payload`` as indented JSON with a final newline, atomically; text as it is (β, not
+    \\u03b2); a NaN or infinite number as null, since JSON has none (Python's NaN breaks jq and
+    every other strict reader)."""
+    text = json.dumps(_finite_or_null(payload), indent=2, ensure_ascii=False, allow_nan=False)
     with atomic_output(path) as temporary:
-        temporary.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        temporary.write_text(text + "\n", encoding="utf-8")
+
+
+def _finite_or_null(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 def read_json(path: str | os.PathLike):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torch_fidelity import metric_kid
 
 from diffusion_diagnostics import DiagnosticsError, DiffusionProcess, quality
 from diffusion_diagnostics.classifier import DigitClassifier
@@ -35,6 +36,7 @@ from diffusion_diagnostics.quality import (
     frechet_distance,
     interpolation_row_metrics,
     judge_images,
+    kernel_distance,
     precision_recall_density_coverage,
     sample_quality_rows,
 )
@@ -202,6 +204,44 @@ def test_neighbour_metrics_match_the_reference_package(n_real, n_fake, k):
     assert list(ours) == list(NEIGHBOUR_METRICS)
     for metric in NEIGHBOUR_METRICS:
         assert ours[metric] == pytest.approx(float(reference[metric]), abs=1e-12), metric
+
+
+def torch_fidelity_kid(real, fake, subsets, subset_size):
+    reference = metric_kid.kid_features_to_metric(
+        real, fake, kid_subsets=subsets, kid_subset_size=subset_size, rng_seed=1, verbose=False
+    )
+    return reference["kernel_inception_distance_mean"], reference["kernel_inception_distance_std"]
+
+
+def test_kernel_distance_is_torch_fidelitys_on_whole_sets():
+    """Subsets as large as the sets are the sets themselves, whatever each draws: the same number."""
+    real, fake = gaussian_sets(200, 200, 16, seed=3)
+    fake = fake * 1.2 + 0.1
+    mean, std = torch_fidelity_kid(real, fake, subsets=3, subset_size=200)
+    ours = kernel_distance(real, fake, subsets=3, subset_size=200)
+    assert ours["kid"] == pytest.approx(mean, rel=1e-12) and mean > 0.01
+    assert ours["kid_std"] == pytest.approx(std, abs=1e-12)
+
+
+def test_kernel_distance_over_subsets_agrees_with_torch_fidelitys_within_their_spread():
+    """Different random subsets of the same sets: two estimates of one expectation."""
+    real, fake = gaussian_sets(400, 300, 16, seed=5)
+    fake = fake * 1.1
+    mean, std = torch_fidelity_kid(real, fake, subsets=200, subset_size=100)
+    ours = kernel_distance(real, fake, subsets=200, subset_size=100)
+    assert ours["kid_std"] == pytest.approx(std, rel=0.15)
+    assert abs(ours["kid"] - mean) < 4 * std / math.sqrt(200)
+
+
+def test_kernel_distance_of_one_distribution_is_about_zero_and_may_be_negative():
+    points, _ = gaussian_sets(1000, 2, 8, seed=7)
+    real, fake = points[:500], points[500:]
+    same = kernel_distance(real, fake, subsets=50, subset_size=200)
+    assert abs(same["kid"]) < 3 * same["kid_std"]
+    far = kernel_distance(real, fake + 1.0, subsets=50, subset_size=200)
+    assert far["kid"] > 10 * far["kid_std"]
+    one_error_line(lambda: kernel_distance(real, fake[:, :4]), "kernel distance", "(500, 8)", "(500, 4)")
+    one_error_line(lambda: kernel_distance(real[:1], fake), "kernel distance needs 2 rows")
 
 
 def test_a_set_against_itself_scores_one_on_all_four():

@@ -133,6 +133,11 @@ def test_what_cannot_be_built_is_one_error_line():
     one_error_line(lambda: build_scheduler("pndm", config, "karras"), "no karras noise levels")
     one_error_line(lambda: build_scheduler("euler", config, "cosine"), "spacing 'cosine' is unknown")
     one_error_line(lambda: build_scheduler("euler", config, solver_order=2), "takes no solver_order")
+    # Below PNDM's warm-up (its Runge-Kutta steps need more timesteps than two).
+    one_error_line(
+        lambda: solve(tiny_process(), build_scheduler("pndm", config), 2, torch.zeros(1, 1, 28, 28)),
+        "PNDMScheduler cannot take 2 steps",
+    )
     other = DiffusionProcess(tiny_unet(), 40, 1e-3, 0.2, prediction_type="v_prediction")
     one_error_line(
         lambda: solve(other, build_scheduler("euler", config), 3, torch.zeros(1, 1, 28, 28)),

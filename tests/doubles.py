@@ -149,3 +149,41 @@ class CreatesMarker:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
+
+
+# --- Gaussian data, whose probability-flow ODE has a closed form ------------------------------------
+
+MU, SD = 0.3, 0.5
+
+
+def gaussian_alpha_bars(
+    timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> torch.Tensor:
+    """ᾱ_t of a linear β schedule, in float64."""
+    return torch.cumprod(1 - torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64), 0)
+
+
+class ContinuousGaussianEps(StandIn):
+    """The exact E[ε | x_t] for data x_0 ~ N(MU, SD²) per pixel, at any t, integer or not: σ(t)
+    interpolated in log σ between integer timesteps, as diffusers' schedulers map their noise
+    levels to t, so that the network answers at the noise level the solver is at."""
+
+    def __init__(self, alpha_bars: torch.Tensor):
+        super().__init__()
+        self.register_buffer("log_sigmas", ((1 - alpha_bars) / alpha_bars).sqrt().log())
+
+    def forward(self, x_t, t):
+        t = t.double().clamp(0, len(self.log_sigmas) - 1)
+        low = t.floor().long().clamp(max=len(self.log_sigmas) - 2)
+        weight = t - low
+        sigma = ((1 - weight) * self.log_sigmas[low] + weight * self.log_sigmas[low + 1]).exp()
+        ab = (1 / (1 + sigma**2)).reshape(-1, *([1] * (x_t.ndim - 1)))
+        x = x_t.double()
+        return ((1 - ab).sqrt() * (x - ab.sqrt() * MU) / (ab * SD**2 + 1 - ab)).to(x_t.dtype)
+
+
+def ode_solution(noise: torch.Tensor, sigma_start: float) -> torch.Tensor:
+    """Where the probability-flow ODE takes x_T = noise from noise level σ (x / √ᾱ = x_0 + σ ε)
+    to σ = 0: for Gaussian data x / √ᾱ - MU shrinks by SD / √(SD² + σ²)."""
+    start = noise.double() * math.sqrt(1 + sigma_start**2)
+    return MU + (start - MU) * SD / math.sqrt(SD**2 + sigma_start**2)

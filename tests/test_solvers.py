@@ -16,7 +16,13 @@ from diffusion_diagnostics.process_config import ProcessConfig
 from diffusion_diagnostics.solvers import SOLVERS, build_scheduler, scheduler_config, solve
 
 from conftest import save_diffusers_folder
-from doubles import StandIn, one_error_line, tiny_unet
+from doubles import (
+    ContinuousGaussianEps,
+    gaussian_alpha_bars,
+    ode_solution,
+    one_error_line,
+    tiny_unet,
+)
 
 STEPS = 6
 PROCESSES = [
@@ -147,34 +153,6 @@ def test_what_cannot_be_built_is_one_error_line():
 
 # --- convergence at each solver's order, on data whose probability-flow ODE is solved in closed form
 
-MU, SD = 0.3, 0.5
-
-
-class ContinuousGaussianEps(StandIn):
-    """The exact E[ε | x_t] for data x_0 ~ N(MU, SD²) per pixel, at any t, integer or not: σ(t)
-    interpolated in log σ between integer timesteps, as diffusers' schedulers map their noise
-    levels to t, so that the network answers at the noise level the solver is at."""
-
-    def __init__(self, alpha_bars: torch.Tensor):
-        super().__init__()
-        self.register_buffer("log_sigmas", ((1 - alpha_bars) / alpha_bars).sqrt().log())
-
-    def forward(self, x_t, t):
-        t = t.double().clamp(0, len(self.log_sigmas) - 1)
-        low = t.floor().long().clamp(max=len(self.log_sigmas) - 2)
-        weight = t - low
-        sigma = ((1 - weight) * self.log_sigmas[low] + weight * self.log_sigmas[low + 1]).exp()
-        ab = (1 / (1 + sigma**2)).reshape(-1, *([1] * (x_t.ndim - 1)))
-        x = x_t.double()
-        return ((1 - ab).sqrt() * (x - ab.sqrt() * MU) / (ab * SD**2 + 1 - ab)).to(x_t.dtype)
-
-
-def ode_solution(noise: torch.Tensor, sigma_start: float) -> torch.Tensor:
-    """Where the probability-flow ODE takes x_T = noise from noise level σ (x / √ᾱ = x_0 + σ ε)
-    to σ = 0: for Gaussian data x / √ᾱ - MU shrinks by SD / √(SD² + σ²)."""
-    start = noise.double() * math.sqrt(1 + sigma_start**2)
-    return MU + (start - MU) * SD / math.sqrt(SD**2 + sigma_start**2)
-
 
 @pytest.mark.parametrize(
     ("kind", "spacing", "order"),
@@ -190,9 +168,8 @@ def test_each_solver_converges_to_the_ode_solution_at_its_order(kind, spacing, o
     """Measured (T = 1000, linear βs, 20 → 80 steps): Euler 0.96 and 0.99, Heun with Karras'
     levels 2.16, DPM-Solver++ 2M 2.22 (Karras) and 1.96 (uniform λ). x̂_0 is not clipped: clipping
     (the process's clip_sample, which Heun honours) stops Heun converging at all."""
-    alpha_bars = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
-    diffusion = DiffusionProcess(ContinuousGaussianEps(alpha_bars), 1000, 1e-4, 0.02, clip_sample=False,
-                                 sample_shape=(1, 4, 4))  # fmt: skip
+    network = ContinuousGaussianEps(gaussian_alpha_bars())
+    diffusion = DiffusionProcess(network, 1000, 1e-4, 0.02, clip_sample=False, sample_shape=(1, 4, 4))
     noise = torch.randn((64, 1, 4, 4), generator=torch.Generator().manual_seed(0))
     final = {"final_sigmas_type": "zero"} if kind.startswith("dpmsolver") else {}
     evaluations, errors = [], []

@@ -51,12 +51,15 @@ def scheduler_config(config: ProcessConfig) -> dict:
     return settings
 
 
-def build_scheduler(kind: str, config: ProcessConfig, spacing: str = "trailing", **options):
+def build_scheduler(
+    kind: str, config: ProcessConfig, spacing: str = "trailing", clip: bool | None = None, **options
+):
     """diffusers' scheduler for solver ``kind`` (a name of SOLVERS, or the name of any diffusers
     scheduler class), built from the process ``config``: ``spacing`` one of SPACINGS (which
     timesteps it visits) or of SIGMA_SPACINGS (Karras' or uniform-λ noise levels, where the
-    scheduler has them); ``options`` any other argument of the scheduler's. One error line for
-    what cannot be built."""
+    scheduler has them); ``clip`` whether x̂_0 is clipped where the scheduler can clip (None: as
+    the process's clip_sample says, as diffusers' ``from_config`` would); ``options`` any other
+    argument of the scheduler's. One error line for what cannot be built."""
     import diffusers
 
     name, settings = SOLVERS.get(kind, (kind, {}))
@@ -67,6 +70,8 @@ def build_scheduler(kind: str, config: ProcessConfig, spacing: str = "trailing",
         )
     accepted = set(inspect.signature(scheduler_class.__init__).parameters)
     arguments = {key: value for key, value in scheduler_config(config).items() if key in accepted}
+    if clip is not None and "clip_sample" in accepted:
+        arguments["clip_sample"] = clip
     if spacing in SIGMA_SPACINGS:
         if SIGMA_SPACINGS[spacing] not in accepted:
             raise DiagnosticsError(

@@ -1,0 +1,124 @@
+"""Sample quality against cost for several samplers on one model: every cell (a sampler at a number
+of steps) decodes the same seeded starting noises, its network evaluations counted, scored by the
+judge against the held-out digits as sample_quality scores them, timed, and, for the deterministic
+samplers, compared with the same noise solved with many steps (how far from the ODE's own answer,
+whatever the judge thinks).
+
+The samplers: ``ddim`` (this package's, η = 0, unclipped) and every solver :mod:`.solvers` builds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .diffusion import DiffusionProcess, SamplingOptions
+from .errors import DiagnosticsError
+from .quality import (
+    NEIGHBOUR_METRICS,
+    Judgement,
+    confidence_stats,
+    frechet_distance,
+    kernel_distance,
+    precision_recall_density_coverage,
+)
+from .solvers import CountingNetwork, build_scheduler, solve
+
+# Samplers whose map from noise to image is deterministic: their ODE error is measured.
+STOCHASTIC = ("euler_ancestral",)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One sampler at one number of steps, visiting its timesteps by ``spacing``."""
+
+    sampler: str
+    steps: int
+    spacing: str = "trailing"
+
+
+def decode(
+    diffusion: DiffusionProcess, cell: Cell, noise: torch.Tensor, seed: int = 0
+) -> tuple[torch.Tensor, int]:
+    """The images ``cell`` decodes from ``noise``, and the network evaluations it made (counted)."""
+    if cell.sampler == "ddim":
+        counting = CountingNetwork(diffusion.model)
+        process = DiffusionProcess(counting, config=diffusion.config, sample_shape=diffusion.sample_shape)
+        images = process.sample_ddim(
+            noise, cell.steps, options=SamplingOptions(timestep_spacing=cell.spacing)
+        )
+        return images, counting.calls
+    # Unclipped, as this package's DDIM: clipping x̂_0 keeps an ODE solver from converging.
+    scheduler = build_scheduler(cell.sampler, diffusion.config, cell.spacing, clip=False)
+    return solve(diffusion, scheduler, cell.steps, noise, torch.Generator(noise.device).manual_seed(seed))
+
+
+def sampler_rows(
+    diffusion: DiffusionProcess,
+    judge: Callable[[torch.Tensor], Judgement],
+    reference: Judgement,
+    cells: list[Cell],
+    noise: torch.Tensor,
+    reference_steps: int = 200,
+    batch_size: int = 250,
+    seed: int = 0,
+    nearest_k: int = 5,
+) -> list[dict]:
+    """One row per cell: its counted NFE, seconds per sample, the judge's scores against
+    ``reference`` (the held-out digits' judgement) and, for a deterministic sampler, the RMSE to
+    the same sampler with ``reference_steps`` steps from the same noise. ``judge`` takes the
+    model's images (and brings them to the digits' size where they differ)."""
+    if not cells:
+        raise DiagnosticsError("the sampler table has no cells; name at least one sampler and one step count")
+    answers: dict[tuple[str, str], torch.Tensor] = {}
+    rows = []
+    for cell in cells:
+        started = time.perf_counter()
+        images, evaluations = _decoded(diffusion, cell, noise, batch_size, seed)
+        seconds = time.perf_counter() - started
+        row = {"sampler": cell.sampler, "spacing": cell.spacing, "steps": cell.steps, "nfe": evaluations}
+        row["seconds_per_sample"] = seconds / len(noise)
+        judged = judge(images)
+        row["frechet_distance"] = frechet_distance(judged.features, reference.features)
+        row.update(kernel_distance(judged.features, reference.features, seed=seed))
+        row.update(precision_recall_density_coverage(reference.features, judged.features, nearest_k))
+        row.update(confidence_stats(judged.probabilities))
+        row["ode_rmse"] = None
+        if cell.sampler not in STOCHASTIC:
+            key = (cell.sampler, cell.spacing)
+            if key not in answers:
+                many = Cell(cell.sampler, reference_steps, cell.spacing)
+                answers[key] = _decoded(diffusion, many, noise, batch_size, seed)[0]
+            row["ode_rmse"] = float((images - answers[key]).pow(2).mean().sqrt())
+        rows.append(row)
+    return rows
+
+
+def _decoded(
+    diffusion, cell: Cell, noise: torch.Tensor, batch_size: int, seed: int
+) -> tuple[torch.Tensor, int]:
+    """``cell``'s images batch by batch, and its evaluations per batch (each batch makes as many)."""
+    parts, evaluations = [], 0
+    for index, batch in enumerate(noise.split(batch_size)):
+        images, evaluations = decode(diffusion, cell, batch, seed + index)
+        parts.append(images.cpu())
+    return torch.cat(parts), evaluations
+
+
+SAMPLER_COLUMNS = [
+    "sampler",
+    "spacing",
+    "steps",
+    "nfe",
+    "seconds_per_sample",
+    "frechet_distance",
+    "kid",
+    "kid_std",
+    *NEIGHBOUR_METRICS,
+    "mean_max_softmax",
+    "confident_share",
+    "ode_rmse",
+]

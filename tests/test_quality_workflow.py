@@ -156,3 +156,28 @@ def test_bfloat16_precision_reruns_exactly_the_sampling_rules(tiny_run, tmp_path
     built = run_snakemake(run, "--report", str(report), config=config)
     assert built.returncode == 0, built.stderr
     assert "forward passes ran in bfloat16" in report.read_text()
+
+
+def test_the_sampler_table_is_its_own_target(tiny_run, tmp_path):
+    """Not in the default target; run on its own, it reuses the run's judge and model, and every
+    sampler at every step count is a row, its evaluations counted."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, symlinks=True)
+    config = tiny_config()
+    settings = config["samplers"]
+    plan = run_snakemake(run, "-n", "results/samplers/samplers.csv", config=config)
+    assert plan.returncode == 0, plan.stderr
+    assert set(planned_jobs(plan.stdout)) == {"sampler_table"}
+    result = run_snakemake(run, "--cores", "2", "results/samplers/samplers.csv", config=config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with open(run / "results/samplers/samplers.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    evaluations = {"ddim": lambda s: s, "euler": lambda s: s, "heun": lambda s: 2 * s - 1}
+    assert [(r["sampler"], int(r["steps"]), int(r["nfe"])) for r in rows] == [
+        (sampler, steps, evaluations[sampler](steps))
+        for sampler in settings["samplers"]
+        for steps in settings["steps"]
+    ]
+    assert all(float(r["frechet_distance"]) > 0 and float(r["ode_rmse"]) >= 0 for r in rows)
+    with Image.open(run / "results/samplers/samplers.png") as image:
+        assert image.size[0] > image.size[1] > 100

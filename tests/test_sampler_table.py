@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion_diagnostics import DiffusionProcess
+from diffusion_diagnostics import DiffusionProcess, sampler_table
 from diffusion_diagnostics.quality import Judgement
 from diffusion_diagnostics.sampler_table import SAMPLER_COLUMNS, Cell, sampler_rows
 
@@ -54,5 +54,11 @@ def test_every_cell_is_scored_with_its_counted_evaluations():
     assert all(row["seconds_per_sample"] > 0 and row["confident_share"] == 1.0 for row in rows)
 
 
-def test_a_table_without_cells_is_one_error_line():
+def test_a_cell_that_cannot_run_is_one_error_line_before_any_runs(monkeypatch):
     one_error_line(lambda: table([]), "no cells")
+    decoded = []
+    monkeypatch.setattr(sampler_table, "decode", lambda *args: decoded.append(args))
+    one_error_line(lambda: table([Cell("ddim", 4), Cell("dpm-fast", 4)]), "sampler 'dpm-fast'")
+    one_error_line(lambda: table([Cell("ddim", 4), Cell("pndm", 2)]), "PNDMScheduler cannot take 2 steps")
+    one_error_line(lambda: table([Cell("ddim", 4), Cell("euler_ancestral", 4, "karras")]), "no karras")
+    assert decoded == []

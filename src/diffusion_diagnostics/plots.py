@@ -457,6 +457,45 @@ def trajectory_bound_figure(rows: list[dict], bounds: list[dict]) -> Figure:
     return figure
 
 
+def sampler_table_figure(rows: list[dict]) -> Figure:
+    """The sampler table: Fréchet distance and KID against counted network evaluations (log x), a
+    line per sampler (and spacing); and each deterministic sampler's RMSE to its many-step answer,
+    log-log, with the slope fitted through its points in the legend (its empirical order)."""
+    figure, (frechet, kid, ode) = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
+    lines: dict[str, list[dict]] = {}
+    for row in rows:
+        lines.setdefault(f"{row['sampler']} ({row['spacing']})", []).append(row)
+    for label, line in lines.items():
+        line = sorted(line, key=lambda r: int(r["nfe"]))
+        nfe = [int(r["nfe"]) for r in line]
+        frechet.plot(nfe, [float(r["frechet_distance"]) for r in line], marker="o", label=label)
+        kid.errorbar(nfe, [float(r["kid"]) for r in line], yerr=[float(r["kid_std"]) for r in line],
+                     marker="o", capsize=3, label=label)  # fmt: skip
+        errors = [(n, _number(r["ode_rmse"])) for n, r in zip(nfe, line, strict=True)]
+        errors = [(n, e) for n, e in errors if e is not None and e > 0]
+        if len(errors) >= 2:
+            x, y = [math.log(n) for n, _ in errors], [math.log(e) for _, e in errors]
+            mean_x, mean_y = sum(x) / len(x), sum(y) / len(y)
+            slope = sum((a - mean_x) * (b - mean_y) for a, b in zip(x, y, strict=True)) / sum(
+                (a - mean_x) ** 2 for a in x
+            )
+            ode.plot(*zip(*errors, strict=True), marker="o", label=f"{label}: order {-slope:.2f}")
+    for axes, title in (
+        (frechet, "Fréchet distance to held-out digits"),
+        (kid, "KID to held-out digits (± its spread)"),
+        (ode, "RMSE to the same sampler's many-step answer"),
+    ):
+        axes.set_xscale("log")
+        axes.set_xlabel("network evaluations (counted)")
+        axes.set_title(title)
+        axes.grid(alpha=0.3, which="both")
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(fontsize="x-small")
+    frechet.set_yscale("log")
+    ode.set_yscale("log")
+    return figure
+
+
 def _truth(value) -> bool:
     """A boolean as a row holds it: True, or "True" read back from a CSV."""
     return value is True or str(value) == "True"
@@ -501,6 +540,10 @@ def plot_trajectory_heatmap(rows: list[dict], path: str | os.PathLike) -> None:
 
 def plot_trajectory_bound(rows: list[dict], bounds: list[dict], path: str | os.PathLike) -> None:
     _save(trajectory_bound_figure(rows, bounds), path)
+
+
+def plot_sampler_table(rows: list[dict], path: str | os.PathLike) -> None:
+    _save(sampler_table_figure(rows), path)
 
 
 def _save(figure: Figure, path: str | os.PathLike) -> None:

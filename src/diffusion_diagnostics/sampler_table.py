@@ -9,6 +9,7 @@ The samplers: ``ddim`` (this package's, η = 0, unclipped) and every solver :mod
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,9 +26,13 @@ from .quality import (
     kernel_distance,
     precision_recall_density_coverage,
 )
-from .solvers import CountingNetwork, build_scheduler, solve
+from .solvers import CountingNetwork, build_scheduler, set_steps, solve
 
-# Samplers whose map from noise to image is deterministic: their ODE error is measured.
+log = logging.getLogger(__name__)
+
+# This package's own samplers; the rest are diffusers' (.solvers).
+OURS = ("ddim",)
+# Samplers whose map from noise to image is stochastic: no ODE error is measured for them.
 STOCHASTIC = ("euler_ancestral",)
 
 
@@ -38,6 +43,26 @@ class Cell:
     sampler: str
     steps: int
     spacing: str = "trailing"
+
+
+def available_samplers(samplers: list[str]) -> list[str]:
+    """``samplers`` as they can run here: without diffusers (the optional extra), ours alone, and
+    one log line saying how to get the rest."""
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        ours = [sampler for sampler in samplers if sampler in OURS]
+        left = [sampler for sampler in samplers if sampler not in OURS]
+        if left:
+            log.warning("%s need diffusers: pip install -e \".[diffusers]\"; the table has %s only",
+                        ", ".join(left), ", ".join(ours) or "nothing")  # fmt: skip
+        if not ours:
+            raise DiagnosticsError(
+                f"the samplers {', '.join(left)} need diffusers, which is not installed: "
+                'pip install -e ".[diffusers]", or name ddim among samplers.samplers'
+            ) from None
+        return ours
+    return list(samplers)
 
 
 def decode(
@@ -73,6 +98,9 @@ def sampler_rows(
     model's images (and brings them to the digits' size where they differ)."""
     if not cells:
         raise DiagnosticsError("the sampler table has no cells; name at least one sampler and one step count")
+    for cell in cells:  # every sampler and step count that cannot run fails before any cell runs
+        if cell.sampler not in OURS:
+            set_steps(build_scheduler(cell.sampler, diffusion.config, cell.spacing, clip=False), cell.steps)
     answers: dict[tuple[str, str], torch.Tensor] = {}
     rows = []
     for cell in cells:

@@ -102,6 +102,14 @@ class CountingNetwork(nn.Module):
         return self.network(x_t, t)
 
 
+def set_steps(scheduler, steps: int, device: torch.device | str = "cpu") -> None:
+    """``scheduler.set_timesteps(steps)``, or one error line where it cannot take that many."""
+    try:
+        scheduler.set_timesteps(steps, device=device)
+    except (ValueError, IndexError) as error:
+        raise DiagnosticsError(f"{type(scheduler).__name__} cannot take {steps} steps: {error}") from None
+
+
 def solve(
     diffusion: DiffusionProcess,
     scheduler,
@@ -117,10 +125,7 @@ def solve(
             f"{diffusion.config.prediction_type}; build it from the model's process"
         )
     network = CountingNetwork(diffusion.model)
-    try:
-        scheduler.set_timesteps(steps, device=noise.device)
-    except ValueError as error:
-        raise DiagnosticsError(f"{type(scheduler).__name__} cannot take {steps} steps: {error}") from None
+    set_steps(scheduler, steps, noise.device)
     # The step noise of a stochastic scheduler from ``generator``; a deterministic one takes none.
     seeded = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     x = noise * scheduler.init_noise_sigma

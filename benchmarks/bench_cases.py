@@ -7,6 +7,7 @@ number of forward + backward + optimizer steps on a ready batch (training).
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import statistics
 from collections.abc import Callable
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_sizes import Sizes
-from bench_timing import Case, Timings, flops_of, paired_ratios
+from bench_sizes import REPO, Sizes, full_sizes
+from bench_timing import Case, Timings, flops_of, paired_ratios, usable_cores
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -28,6 +29,7 @@ from diffusion_diagnostics.graphs import can_capture
 from diffusion_diagnostics.grids import draw_endpoints
 from diffusion_diagnostics.interpolation import interpolate
 from diffusion_diagnostics.models import load_model
+from diffusion_diagnostics.runtime import keep_freed_memory, resolve_device
 from diffusion_diagnostics.training import TrainConfig, train
 from diffusion_diagnostics.trajectory import Checkpoint, follow
 
@@ -41,6 +43,26 @@ def pixel_difference(images: torch.Tensor, reference: torch.Tensor) -> dict:
 
 
 # --- the network ---------------------------------------------------------------------------------
+
+
+def one_row_parser(description: str, reps: int) -> argparse.ArgumentParser:
+    """The arguments of a script that times one row of the benchmark alone, on a trained model."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--reps", type=int, default=reps, help="interleaved repetitions (median reported)")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=REPO / "best_model.pt", help="anything load_model reads"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    return parser
+
+
+def one_row_model(args: argparse.Namespace) -> tuple[DiffusionProcess, str, torch.device]:
+    """Threads and memory as the workflow's scripts set them, and the model on its device."""
+    torch.set_num_threads(usable_cores())
+    keep_freed_memory()
+    device = resolve_device(args.device)
+    diffusion, weights = our_diffusion(full_sizes(), args.checkpoint, device)
+    return diffusion, weights, device
 
 
 def our_diffusion(

@@ -7,16 +7,12 @@ table.
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import torch
-from bench_cases import our_diffusion
-from bench_sizes import REPO, full_sizes
-from bench_timing import Case, round_robin, usable_cores
+from bench_cases import one_row_model, one_row_parser
+from bench_timing import Case, round_robin
 
-from diffusion_diagnostics.runtime import keep_freed_memory, resolve_device
 from diffusion_diagnostics.solvers import SOLVERS, build_scheduler, solve
 
 
@@ -40,19 +36,11 @@ def solver_cases(diffusion, kind: str, steps: int, noise: torch.Tensor) -> tuple
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions (median reported)")
+    parser = one_row_parser(__doc__.splitlines()[0], reps=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument(
-        "--checkpoint", type=Path, default=REPO / "best_model.pt", help="anything load_model reads"
-    )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     args = parser.parse_args(argv)
-    torch.set_num_threads(usable_cores())
-    keep_freed_memory()
-    device = resolve_device(args.device)
-    diffusion, weights = our_diffusion(full_sizes(), args.checkpoint, device)
+    diffusion, weights, device = one_row_model(args)
     shape = (args.batch, *diffusion.sample_shape)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
     cases, evaluations = {}, {}

@@ -4,12 +4,14 @@ as it takes more steps."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
 from diffusion_diagnostics import DiffusionProcess, sampler_table
 from diffusion_diagnostics.quality import Judgement
-from diffusion_diagnostics.sampler_table import SAMPLER_COLUMNS, Cell, sampler_rows
+from diffusion_diagnostics.sampler_table import SAMPLER_COLUMNS, Cell, available_samplers, sampler_rows
 
 from doubles import MU, SD, ContinuousGaussianEps, gaussian_alpha_bars, one_error_line
 
@@ -61,4 +63,12 @@ def test_a_cell_that_cannot_run_is_one_error_line_before_any_runs(monkeypatch):
     one_error_line(lambda: table([Cell("ddim", 4), Cell("dpm-fast", 4)]), "sampler 'dpm-fast'")
     one_error_line(lambda: table([Cell("ddim", 4), Cell("pndm", 2)]), "PNDMScheduler cannot take 2 steps")
     one_error_line(lambda: table([Cell("ddim", 4), Cell("euler_ancestral", 4, "karras")]), "no karras")
+    one_error_line(lambda: table([Cell("euler", 4), Cell("ddim", 4, "karras")]), "timestep_spacing 'karras'")
     assert decoded == []
+
+
+def test_without_diffusers_the_table_has_our_samplers_and_says_so(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers now raises ImportError
+    assert available_samplers(["ddim", "euler", "heun"]) == ["ddim"]
+    assert 'euler, heun need diffusers: pip install -e ".[diffusers]"' in caplog.text
+    one_error_line(lambda: available_samplers(["euler"]), "need diffusers, which is not installed")

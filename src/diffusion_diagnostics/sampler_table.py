@@ -99,7 +99,9 @@ def sampler_rows(
     if not cells:
         raise DiagnosticsError("the sampler table has no cells; name at least one sampler and one step count")
     for cell in cells:  # every sampler and step count that cannot run fails before any cell runs
-        if cell.sampler not in OURS:
+        if cell.sampler in OURS:
+            SamplingOptions(timestep_spacing=cell.spacing)
+        else:
             set_steps(build_scheduler(cell.sampler, diffusion.config, cell.spacing, clip=False), cell.steps)
     answers: dict[tuple[str, str], torch.Tensor] = {}
     rows = []

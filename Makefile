@@ -5,6 +5,7 @@
 #   make lint   snakemake --lint, snakefmt, ruff check and ruff format --check
 #   make report the HTML report of a finished run: results/report.html
 #   make bench  the speed benchmark of BENCHMARKS.md (installs the bench extra: diffusers)
+#   make samplers  the sampler table, results/samplers/ (installs the diffusers extra)
 # Inside an activated environment the plain snakemake commands of the README work as well.
 
 PYTHON ?= python3
@@ -12,7 +13,7 @@ VENV ?= .venv
 CORES ?= all
 BIN := $(VENV)/bin
 
-.PHONY: run report test unit lint bench clean
+.PHONY: run report samplers test unit lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +32,15 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	touch $@ $(VENV)/.installed-run
 
+$(VENV)/.installed-diffusers: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[diffusers]"
+	touch $@ $(VENV)/.installed-run
+
 run: $(VENV)/.installed-run
 	$(BIN)/snakemake --cores $(CORES) --resources gpu=1
+
+samplers: $(VENV)/.installed-diffusers
+	$(BIN)/snakemake --cores $(CORES) --resources gpu=1 results/samplers/samplers.csv
 
 report: $(VENV)/.installed-run
 	$(BIN)/snakemake --report results/report.html

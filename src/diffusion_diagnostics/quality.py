@@ -29,13 +29,12 @@ from .runtime import model_device
 CONFIDENCE = 0.9
 NEAREST_K = 5  # as Naeem et al. 2020 recommend; Kynkäänniemi et al. 2019 used 3
 NEIGHBOUR_METRICS = ("precision", "recall", "density", "coverage")
+# What distances_to measures, in its order.
+DISTANCES = ("frechet_distance", "kid", "kid_std", *NEIGHBOUR_METRICS)
 QUALITY_COLUMNS = [
     "set",
     "n",
-    "frechet_distance",
-    "kid",
-    "kid_std",
-    *NEIGHBOUR_METRICS,
+    *DISTANCES,
     "mean_max_softmax",
     "confident_share",
     *(f"class_{digit}" for digit in range(10)),
@@ -329,19 +328,27 @@ def sample_quality_rows(
     return rows
 
 
+def distances_to(
+    reference: Judgement, judgement: Judgement, nearest_k: int = NEAREST_K, seed: int = 0
+) -> dict:
+    """How far a judged set is from the judged ``reference`` in the judge's features: the Fréchet
+    distance, KID (subsets drawn from ``seed``) and precision, recall, density and coverage."""
+    return {
+        "frechet_distance": frechet_distance(judgement.features, reference.features),
+        **kernel_distance(judgement.features, reference.features, seed=seed),
+        **precision_recall_density_coverage(reference.features, judgement.features, nearest_k),
+    }
+
+
 def _quality_row(
     name: str, judgement: Judgement, reference: Judgement | None, threshold: float, nearest_k: int
 ) -> dict:
     """A table row (QUALITY_COLUMNS) for one judged set; distances to ``reference`` empty when
     there is none (the reference's own row)."""
     if reference is None:
-        distances = dict.fromkeys(("frechet_distance", "kid", "kid_std", *NEIGHBOUR_METRICS))
+        distances = dict.fromkeys(DISTANCES)
     else:
-        distances = {
-            "frechet_distance": frechet_distance(judgement.features, reference.features),
-            **kernel_distance(judgement.features, reference.features),
-            **precision_recall_density_coverage(reference.features, judgement.features, nearest_k),
-        }
+        distances = distances_to(reference, judgement, nearest_k)
     return {
         "set": name,
         "n": len(judgement.probabilities),

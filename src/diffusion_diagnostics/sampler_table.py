@@ -18,14 +18,7 @@ import torch
 
 from .diffusion import DiffusionProcess, SamplingOptions
 from .errors import DiagnosticsError
-from .quality import (
-    NEIGHBOUR_METRICS,
-    Judgement,
-    confidence_stats,
-    frechet_distance,
-    kernel_distance,
-    precision_recall_density_coverage,
-)
+from .quality import DISTANCES, Judgement, confidence_stats, distances_to
 from .solvers import CountingNetwork, build_scheduler, set_steps, solve
 
 log = logging.getLogger(__name__)
@@ -112,9 +105,7 @@ def sampler_rows(
         row = {"sampler": cell.sampler, "spacing": cell.spacing, "steps": cell.steps, "nfe": evaluations}
         row["seconds_per_sample"] = seconds / len(noise)
         judged = judge(images)
-        row["frechet_distance"] = frechet_distance(judged.features, reference.features)
-        row.update(kernel_distance(judged.features, reference.features, seed=seed))
-        row.update(precision_recall_density_coverage(reference.features, judged.features, nearest_k))
+        row.update(distances_to(reference, judged, nearest_k, seed))
         row.update(confidence_stats(judged.probabilities))
         row["ode_rmse"] = None
         if cell.sampler not in STOCHASTIC:
@@ -144,10 +135,7 @@ SAMPLER_COLUMNS = [
     "steps",
     "nfe",
     "seconds_per_sample",
-    "frechet_distance",
-    "kid",
-    "kid_std",
-    *NEIGHBOUR_METRICS,
+    *DISTANCES,
     "mean_max_softmax",
     "confident_share",
     "ode_rmse",

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from diffusion_diagnostics import DiffusionProcess, UNet, per_timestep_loss
 from diffusion_diagnostics.analysis import timestep_loss_table
-from diffusion_diagnostics.decoding import interpolation_grid
+from diffusion_diagnostics.decoding import Sampler, interpolation_grid
 from diffusion_diagnostics.diffusion import SamplingOptions, trailing_timesteps
 from diffusion_diagnostics.graphs import can_capture
 from diffusion_diagnostics.grids import draw_endpoints
@@ -132,21 +132,21 @@ def paired_overhead(
 class Grid:
     """One sampler over the grid's latents, with the sampling options the workflow can choose."""
 
-    sampler: str  # "ddpm" or "ddim"
+    kind: str  # "ddpm" or "ddim"
     forwards: int  # T for DDPM, S for DDIM
     precision: str = "float32"
     cuda_graphs: bool = False
 
     @property
     def name(self) -> str:
-        base = "ddpm" if self.sampler == "ddpm" else f"ddim_{self.forwards}"
+        base = "ddpm" if self.kind == "ddpm" else f"ddim_{self.forwards}"
         return (
             base + ("_bf16" if self.precision == "bfloat16" else "") + ("_graph" if self.cuda_graphs else "")
         )
 
     @property
     def label(self) -> str:
-        return "DDPM grid" if self.sampler == "ddpm" else f"DDIM grid, S = {self.forwards}"
+        return "DDPM grid" if self.kind == "ddpm" else f"DDIM grid, S = {self.forwards}"
 
     @property
     def eager(self) -> Grid:
@@ -156,8 +156,12 @@ class Grid:
     def float32(self) -> Grid:
         return replace(self, precision="float32")
 
-    def options(self) -> SamplingOptions:
-        return SamplingOptions(precision=self.precision, cuda_graphs=self.cuda_graphs)
+    def sampler(self) -> Sampler:
+        return Sampler(
+            self.kind,
+            self.forwards,
+            options=SamplingOptions(precision=self.precision, cuda_graphs=self.cuda_graphs),
+        )
 
 
 def grids_to_time(sizes: Sizes, device: torch.device) -> list[Grid]:
@@ -208,7 +212,7 @@ class Samplers:
 
     def accuracy_table(self, timings: Timings) -> dict:
         """Each DDIM grid against the one with the most steps, from the same endpoints."""
-        ddim = [grid for grid in self.eager_float32() if grid.sampler == "ddim"]
+        ddim = [grid for grid in self.eager_float32() if grid.kind == "ddim"]
         reference = max(ddim, key=lambda grid: grid.forwards)
         return {
             str(grid.forwards): {
@@ -277,14 +281,11 @@ def sampler_cases(diffusion: DiffusionProcess, sizes: Sizes, device: torch.devic
                 diffusion,
                 z0,
                 z1,
-                steps=sizes.columns,
-                sampler=grid.sampler,
-                ddim_steps=grid.forwards,
+                sizes.columns,
+                grid.sampler(),
                 batch_size=sizes.images,
                 generator=torch.Generator(device).manual_seed(1),
-                device=device,
                 progress=False,
-                options=grid.options(),
             )
 
         return run

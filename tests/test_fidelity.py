@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion_diagnostics import DiagnosticsError, DiffusionProcess
+from diffusion_diagnostics import DiagnosticsError, DiffusionProcess, Sampler
 from diffusion_diagnostics.diffusion import SamplingOptions
 from diffusion_diagnostics.fidelity import ddim_step_sweep, inversion_reconstruction
 
@@ -73,7 +73,12 @@ def test_inversion_error_of_a_real_network_shrinks_with_more_steps():
     assert 0 < unclipped[20]["rmse"] < unclipped[2]["rmse"]
     # The inversion ignores the clipping asked for; only the decoding of the clipped rows clips.
     asked = inversion_reconstruction(
-        diffusion, images, [2, 20], batch_size=4, progress=False, options=SamplingOptions(clip_x0=True)
+        diffusion,
+        images,
+        [2, 20],
+        batch_size=4,
+        progress=False,
+        sampler=Sampler("ddim", options=SamplingOptions(clip_x0=True)),  # fmt: skip
     )
     assert [row["rmse"] for row in asked] == [row["rmse"] for row in rows]
     assert {row["clip_x0"] for row in rows} == {False, True}

@@ -14,6 +14,7 @@ import diffusion_diagnostics
 from diffusion_diagnostics import (
     DiagnosticsError,
     DiffusionProcess,
+    Sampler,
     interpolate,
     interpolation_grid,
     save_grid,
@@ -121,21 +122,13 @@ def test_interpolation_grid_shapes_and_range(diffusion):
     step returns x̂_0, so a clipped grid stays in [-1, 1] and this tiny random network's unclipped
     one does not."""
     z0, z1 = endpoints(2, (1, 28, 28))
-    for sampler, options, clipped in (
-        ("ddpm", None, True),
-        ("ddim", None, False),
-        ("ddim", SamplingOptions(clip_x0=True), True),
+    for sampler, clipped in (
+        (Sampler("ddpm"), True),
+        (Sampler("ddim", 5), False),
+        (Sampler("ddim", 5, options=SamplingOptions(clip_x0=True)), True),
     ):
         images = interpolation_grid(
-            diffusion,
-            z0,
-            z1,
-            steps=3,
-            sampler=sampler,
-            ddim_steps=5,
-            generator=torch.Generator().manual_seed(0),
-            progress=False,
-            options=options,
+            diffusion, z0, z1, 3, sampler, generator=torch.Generator().manual_seed(0), progress=False
         )
         assert images.shape == (2, 3, 1, 28, 28)
         assert (images.abs().max() <= 1.0) == clipped, sampler
@@ -154,7 +147,7 @@ def test_ddim_grid_is_independent_of_batch_size(diffusion):
     z0, z1 = endpoints(2, (1, 28, 28))
     grids = {
         batch_size: interpolation_grid(
-            diffusion, z0, z1, steps=3, sampler="ddim", ddim_steps=5, batch_size=batch_size, progress=False
+            diffusion, z0, z1, 3, Sampler("ddim", 5), batch_size=batch_size, progress=False
         )
         for batch_size in (1, 2, 4, 6)
     }
@@ -180,7 +173,8 @@ def test_ddpm_grid_follows_its_generator(diffusion):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"sampler": "euler"}, "sampler 'euler' is unknown"),
+        ({"sampler": Sampler("dpm-fast")}, "sampler 'dpm-fast' is neither"),
+        ({"sampler": Sampler("ddim", 5), "shared_noise": True}, "shared per-step noise is DDPM's"),
         ({"batch_size": 0}, "batch_size must be at least 1"),
     ],
 )
@@ -373,7 +367,7 @@ def test_shared_noise_grid_rows_differ_only_through_their_start(diffusion):
             z0,
             z0.clone(),
             3,
-            "ddpm",
+            Sampler("ddpm"),
             batch_size=batch_size,
             progress=False,
             generator=torch.Generator().manual_seed(1),
@@ -418,10 +412,9 @@ def test_interpolate_real_rows_start_and_end_with_the_real_digits():
         x_a,
         x_b,
         steps=4,
-        num_steps=T,
+        sampler=Sampler("ddim", T, options=SamplingOptions(clip_x0=True)),
         batch_size=3,
         progress=False,
-        options=SamplingOptions(clip_x0=True),
     )
     rows = images
     assert rows.shape == (2, 6, 1, 28, 28)

@@ -17,6 +17,7 @@ from torch_fidelity import metric_kid
 
 from diffusion_diagnostics import DiagnosticsError, DiffusionProcess, quality
 from diffusion_diagnostics.classifier import DigitClassifier
+from diffusion_diagnostics.decoding import Sampler
 from diffusion_diagnostics.diffusion import SamplingOptions
 from diffusion_diagnostics.files import write_csv, write_json
 from diffusion_diagnostics.plots import (
@@ -565,9 +566,9 @@ def tiny_process(timesteps: int = 20) -> DiffusionProcess:
 def test_drawn_samples_at_eta_0_are_the_ddim_map_of_the_seeded_noise():
     diffusion = tiny_process()
     noise = torch.randn((5, 1, 28, 28), generator=torch.Generator().manual_seed(4))
-    drawn = draw_samples(diffusion, 5, 6, batch_size=2, seed=4)
+    drawn = draw_samples(diffusion, 5, Sampler("ddim", 6), batch_size=2, seed=4)
     assert torch.allclose(drawn, diffusion.sample_ddim(noise, 6), atol=1e-6)
-    assert torch.equal(drawn, draw_samples(diffusion, 5, 6, batch_size=5, seed=4))
+    assert torch.equal(drawn, draw_samples(diffusion, 5, Sampler("ddim", 6), batch_size=5, seed=4))
 
 
 def test_drawn_samples_at_eta_1_and_every_step_are_ddpm_samples():
@@ -578,7 +579,7 @@ def test_drawn_samples_at_eta_1_and_every_step_are_ddpm_samples():
     ddpm = diffusion.sample(noise, generator=torch.Generator().manual_seed(5), options=unclipped)
 
     def drawn(eta: float) -> torch.Tensor:
-        return draw_samples(diffusion, 3, 20, batch_size=3, seed=5, eta=eta, options=unclipped)
+        return draw_samples(diffusion, 3, Sampler("ddim", 20, eta, options=unclipped), batch_size=3, seed=5)
 
     torch.testing.assert_close(drawn(1.0), ddpm, rtol=0, atol=1e-4)
     assert torch.equal(drawn(1.0), drawn(1.0))

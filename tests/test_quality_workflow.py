@@ -159,25 +159,37 @@ def test_bfloat16_precision_reruns_exactly_the_sampling_rules(tiny_run, tmp_path
 
 
 def test_the_sampler_table_is_its_own_target(tiny_run, tmp_path):
-    """Not in the default target; run on its own, it reuses the run's judge and model, and every
-    sampler at every step count is a row, its evaluations counted."""
+    """Not in the default target; run on its own (`snakemake samplers`), it reuses the run's judge
+    and model: the floor, then every sampler at every step count a row, its evaluations counted,
+    its scores means over the seeds with their spread; the grid, and one recommendation."""
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, symlinks=True)
     config = tiny_config()
     settings = config["samplers"]
-    plan = run_snakemake(run, "-n", "results/samplers/samplers.csv", config=config)
+    plan = run_snakemake(run, "-n", "samplers", config=config)
     assert plan.returncode == 0, plan.stderr
-    assert set(planned_jobs(plan.stdout)) == {"sampler_table"}
-    result = run_snakemake(run, "--cores", "2", "results/samplers/samplers.csv", config=config)
+    assert set(planned_jobs(plan.stdout)) == {"sampler_table", "samplers"}
+    result = run_snakemake(run, "--cores", "2", "samplers", config=config)
     assert result.returncode == 0, result.stdout + result.stderr
     with open(run / "results/samplers/samplers.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        floor, *rows = list(csv.DictReader(handle))
+    assert floor["sampler"] == "floor (training digits)" and float(floor["frechet_distance_spread"]) > 0
     evaluations = {"ddim": lambda s: s, "euler": lambda s: s, "heun": lambda s: 2 * s - 1}
-    assert [(r["sampler"], int(r["steps"]), int(r["nfe"])) for r in rows] == [
-        (sampler, steps, evaluations[sampler](steps))
+    assert [(r["sampler"], int(r["steps"]), int(r["nfe"]), int(r["seeds"])) for r in rows] == [
+        (sampler, steps, evaluations[sampler](steps), settings["seeds"])
         for sampler in settings["samplers"]
         for steps in settings["steps"]
     ]
     assert all(float(r["frechet_distance"]) > 0 and float(r["ode_rmse"]) >= 0 for r in rows)
+    assert all(float(r["frechet_distance_spread"]) > 0 for r in rows)
+    recommendation = json.loads((run / "results/samplers/samplers.json").read_text())["recommendation"]
+    chosen = next(
+        r for r in rows if (r["sampler"], int(r["nfe"])) == (recommendation["sampler"], recommendation["nfe"])
+    )
+    best = min(float(r["frechet_distance"]) for r in rows)
+    assert float(chosen["frechet_distance"]) <= best + recommendation["noise"]
+    assert recommendation["sentence"] in (run / "logs/sampler_table.log").read_text()
     with Image.open(run / "results/samplers/samplers.png") as image:
         assert image.size[0] > image.size[1] > 100
+    with Image.open(run / "results/samplers/grid.png") as image:  # a row per cell, eight noises
+        assert image.size[1] > 100

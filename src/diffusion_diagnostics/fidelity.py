@@ -8,16 +8,21 @@ import time
 
 import torch
 
-from .decoding import interpolation_grid, sample_in_batches
-from .diffusion import DiffusionProcess, SamplingOptions
+from .decoding import Sampler, decode, interpolation_grid, invert
+from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError
-from .runtime import model_device
 
 
 def _errors(images: torch.Tensor, reference: torch.Tensor) -> dict:
     """Per-pixel RMSE and largest absolute difference, images in [-1, 1] (a full swing is 2)."""
     difference = (images.double() - reference.double()).abs()
     return {"rmse": float(difference.pow(2).mean().sqrt()), "max_error": float(difference.max())}
+
+
+def _at(sampler: Sampler, steps: int, clip: bool | None = None) -> Sampler:
+    """``sampler`` at ``steps`` steps, x̂_0 clipped as ``clip`` says (None: as its options say)."""
+    options = sampler.options if clip is None else dataclasses.replace(sampler.options, clip_x0=clip)
+    return dataclasses.replace(sampler, steps=steps, options=options)
 
 
 def _check_step_counts(step_counts: list[int]) -> list[int]:
@@ -35,15 +40,16 @@ def ddim_step_sweep(
     interpolation: str = "lerp",
     batch_size: int = 72,
     progress: bool = True,
-    options: SamplingOptions | None = None,
+    sampler: Sampler | None = None,
     clipping: tuple[bool, ...] = (False, True),
 ) -> list[dict]:
-    """Decode the same interpolation grid with η = 0 DDIM at every step count, with x̂_0 clipped
-    and not (``clipping``); one row per (count, clipping) with its wall time, its error against
-    the grid of the largest count decoded the same way (``*_to_reference``: is the map the same
-    at fewer steps?) and against the unclipped one (``*_to_unclipped``: the exact DDIM map, which
-    fewer unclipped steps approach, DDIM section 4.3)."""
-    options = options or SamplingOptions()
+    """Decode the same interpolation grid with ``sampler`` (η = 0 DDIM when None) at every step
+    count, with x̂_0 clipped and not (``clipping``); one row per (count, clipping) with its wall
+    time, its error against the grid of the largest count decoded the same way
+    (``*_to_reference``: is the map the same at fewer steps?) and against the unclipped one
+    (``*_to_unclipped``: the exact DDIM map, which fewer unclipped steps approach, DDIM section
+    4.3)."""
+    sampler = sampler or Sampler("ddim")
     grids, seconds = {}, {}
     for clip in clipping:
         for num_steps in _check_step_counts(step_counts):
@@ -54,13 +60,10 @@ def ddim_step_sweep(
                 z0,
                 z1,
                 steps,
-                "ddim",
-                num_steps,
-                0.0,
+                _at(sampler, num_steps, clip),
                 interpolation,
                 batch_size,
                 progress=progress,
-                options=dataclasses.replace(options, clip_x0=clip),
             )
             seconds[num_steps, clip] = time.perf_counter() - start
     reference_steps = max(step_counts)
@@ -81,33 +84,22 @@ def inversion_reconstruction(
     step_counts: list[int],
     batch_size: int = 72,
     progress: bool = True,
-    options: SamplingOptions | None = None,
+    sampler: Sampler | None = None,
     clipping: tuple[bool, ...] = (False, True),
 ) -> list[dict]:
-    """Real images -> DDIM inversion -> η = 0 DDIM decoding, with the same S both ways; one row
-    per (S, clipping of the decoding) with the reconstruction error. The inversion itself is never
-    clipped (clipping is not invertible), so only the unclipped decoding can give the images back."""
-    device = model_device(diffusion)
-    options = options or SamplingOptions()
+    """Real images -> DDIM inversion -> η = 0 DDIM decoding (``sampler``'s spacing and options,
+    η = 0 DDIM when None), with the same S both ways; one row per (S, clipping of the decoding)
+    with the reconstruction error. The inversion itself is never clipped (clipping is not
+    invertible), so only the unclipped decoding can give the images back."""
+    sampler = sampler or Sampler("ddim")
     rows = []
     for num_steps in _check_step_counts(step_counts):
         start = time.perf_counter()
-
-        def invert(batch, desc, num_steps=num_steps):
-            return diffusion.ddim_invert(batch, num_steps, options=options)
-
-        noise = sample_in_batches(invert, images.float(), batch_size, device)
+        noise = invert(diffusion, _at(sampler, num_steps), images, batch_size, progress=False)
         inverted = time.perf_counter() - start
         for clip in clipping:
             start = time.perf_counter()
-            decoding = dataclasses.replace(options, clip_x0=clip)
-
-            def decode(batch, desc, num_steps=num_steps, decoding=decoding):
-                return diffusion.sample_ddim(
-                    batch, num_steps, progress=progress, desc=f"DDIM {num_steps} {desc}", options=decoding
-                )
-
-            decoded = sample_in_batches(decode, noise, batch_size, device)
+            decoded = decode(diffusion, _at(sampler, num_steps, clip), noise, batch_size, progress=progress)
             rows.append(
                 {
                     "num_steps": num_steps,

@@ -1,12 +1,13 @@
 """The original utility's interface: its four sampling and grid functions, with its names,
-signatures and defaults (per_timestep_loss, the fifth, is in .analysis). ``device`` defaults to the
-model's device instead of 'cuda'."""
+signatures and defaults (per_timestep_loss, the fifth, is in .analysis). Sampling runs where the
+model is: ``device`` is kept for the original's signatures, and defaults to the model's device
+instead of 'cuda'."""
 
 from __future__ import annotations
 
 import torch
 
-from .decoding import interpolation_grid
+from .decoding import Sampler, interpolation_grid
 from .grids import save_grid
 from .runtime import model_device
 
@@ -48,9 +49,7 @@ def interpolate_noise_and_generate(
     """n random noise pairs, each interpolated in ``steps`` columns and decoded with DDPM;
     saves the grid and returns ``save_path``. ``generator`` (CPU) seeds the endpoints."""
     z0, z1 = _random_endpoints(diffusion, n, generator)
-    images = interpolation_grid(
-        diffusion, z0, z1, steps, "ddpm", interpolation=interpolation, batch_size=batch_size, device=device
-    )
+    images = interpolation_grid(diffusion, z0, z1, steps, Sampler("ddpm"), interpolation, batch_size)
     return save_grid(images, save_path)
 
 
@@ -70,6 +69,6 @@ def interpolate_noise_and_generate_ddim(
     """As :func:`interpolate_noise_and_generate`, decoded with DDIM (deterministic when η = 0)."""
     z0, z1 = _random_endpoints(diffusion, n, generator)
     images = interpolation_grid(
-        diffusion, z0, z1, steps, "ddim", ddim_steps, eta, interpolation, batch_size, device=device
+        diffusion, z0, z1, steps, Sampler("ddim", ddim_steps, eta), interpolation, batch_size
     )
     return save_grid(images, save_path)

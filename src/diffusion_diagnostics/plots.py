@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
@@ -457,32 +458,28 @@ def trajectory_bound_figure(rows: list[dict], bounds: list[dict]) -> Figure:
     return figure
 
 
-def sampler_table_figure(rows: list[dict]) -> Figure:
+FLOOR_ROW = "floor (training digits)"  # sampler_table.FLOOR: the floor's row of the sampler table
+
+
+def sampler_table_figure(rows: list[dict], recommendation: dict | None = None) -> Figure:
     """The sampler table: Fréchet distance and KID against counted network evaluations (log x), a
-    line per sampler (and spacing); and each deterministic sampler's RMSE to its many-step answer,
-    log-log, with the slope fitted through its points in the legend (its empirical order)."""
-    figure, (frechet, kid, ode) = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
-    lines: dict[str, list[dict]] = {}
-    for row in rows:
-        lines.setdefault(f"{row['sampler']} ({row['spacing']})", []).append(row)
-    for label, line in lines.items():
-        line = sorted(line, key=lambda r: int(r["nfe"]))
-        nfe = [int(r["nfe"]) for r in line]
-        frechet.plot(nfe, [float(r["frechet_distance"]) for r in line], marker="o", label=label)
-        kid.errorbar(nfe, [float(r["kid"]) for r in line], yerr=[float(r["kid_std"]) for r in line],
-                     marker="o", capsize=3, label=label)  # fmt: skip
-        errors = [(n, _number(r["ode_rmse"])) for n, r in zip(nfe, line, strict=True)]
+    line per sampler and spacing (error bars its spread over seeds), the floor's mean ± spread as a
+    grey band; and each deterministic sampler's RMSE to its many-step answer, log-log, with the
+    slope fitted through its points in the legend (its empirical order). The recommendation's
+    sentence is the title. Rows as sampler_table gives them (or read back from its CSV)."""
+    figure, (frechet, kid, ode) = plt.subplots(1, 3, figsize=(15, 4.6), layout="constrained")
+    _draw_sampler_distances(frechet, rows, "frechet_distance")
+    _draw_sampler_distances(kid, rows, "kid")
+    for label, line in _sampler_lines(rows).items():
+        errors = [(int(r["nfe"]), _number(r["ode_rmse"])) for r in line]
         errors = [(n, e) for n, e in errors if e is not None and e > 0]
         if len(errors) >= 2:
-            x, y = [math.log(n) for n, _ in errors], [math.log(e) for _, e in errors]
-            mean_x, mean_y = sum(x) / len(x), sum(y) / len(y)
-            slope = sum((a - mean_x) * (b - mean_y) for a, b in zip(x, y, strict=True)) / sum(
-                (a - mean_x) ** 2 for a in x
+            ode.plot(
+                *zip(*errors, strict=True), marker="o", label=f"{label}: order {-_log_slope(errors):.2f}"
             )
-            ode.plot(*zip(*errors, strict=True), marker="o", label=f"{label}: order {-slope:.2f}")
     for axes, title in (
         (frechet, "Fréchet distance to held-out digits"),
-        (kid, "KID to held-out digits (± its spread)"),
+        (kid, "KID to held-out digits"),
         (ode, "RMSE to the same sampler's many-step answer"),
     ):
         axes.set_xscale("log")
@@ -493,6 +490,77 @@ def sampler_table_figure(rows: list[dict]) -> Figure:
             axes.legend(fontsize="x-small")
     frechet.set_yscale("log")
     ode.set_yscale("log")
+    if recommendation:
+        figure.suptitle(
+            f"Fewest NFE within the noise of the best: {recommendation['sentence']}", fontsize="medium"
+        )
+    return figure
+
+
+def _sampler_lines(rows: list[dict]) -> dict[str, list[dict]]:
+    """The sampler rows (not the floor), a line per sampler and spacing, by NFE."""
+    lines: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["sampler"] != FLOOR_ROW:
+            lines.setdefault(f"{row['sampler']} ({row['spacing']})", []).append(row)
+    return {label: sorted(line, key=lambda r: int(r["nfe"])) for label, line in lines.items()}
+
+
+def _draw_sampler_distances(axes, rows: list[dict], key: str, label_prefix: str = "") -> None:
+    """``key`` against NFE, a line per sampler with its spread over seeds as error bars, and the
+    floor's mean ± spread as a grey band."""
+    for label, line in _sampler_lines(rows).items():
+        nfe = [int(r["nfe"]) for r in line]
+        spread = [_number(r[f"{key}_spread"]) or 0.0 for r in line]
+        values = [_number(r[key]) for r in line]
+        axes.errorbar(nfe, values, yerr=spread, marker="o", capsize=3, label=f"{label_prefix}{label}")
+    floor = next((row for row in rows if row["sampler"] == FLOOR_ROW), None)
+    if floor is not None and _number(floor[key]) is not None:
+        middle, spread = _number(floor[key]), _number(floor[f"{key}_spread"]) or 0.0
+        axes.axhspan(middle - spread, middle + spread, color="0.8", alpha=0.6, label="floor ± spread")
+        axes.axhline(middle, color="0.5", linewidth=0.8)
+
+
+def _log_slope(points: list[tuple[float, float]]) -> float:
+    """The least-squares slope of log y against log x."""
+    x, y = [math.log(a) for a, _ in points], [math.log(b) for _, b in points]
+    mean_x, mean_y = sum(x) / len(x), sum(y) / len(y)
+    return sum((a - mean_x) * (b - mean_y) for a, b in zip(x, y, strict=True)) / sum(
+        (a - mean_x) ** 2 for a in x
+    )
+
+
+def sampler_grid_figure(previews: dict) -> Figure:
+    """The same noises decoded by every cell of the sampler table: a row per cell (its label on the
+    left), images ``(N, 1, H, W)`` in [-1, 1] side by side."""
+    labels = list(previews)
+    # Each cell's images (N, 1, H, W) side by side as one strip (H, N * W); the strips stacked.
+    strips = [np.concatenate(list(previews[label].clamp(-1, 1).mean(1).numpy()), axis=1) for label in labels]
+    height, width = strips[0].shape
+    figure, axes = plt.subplots(
+        figsize=(2 + width / 28 * 0.6, 0.6 + len(strips) * height / 28 * 0.6), layout="constrained"
+    )
+    axes.imshow(np.concatenate(strips), cmap="gray", vmin=-1, vmax=1)
+    axes.set_yticks([height * (i + 0.5) for i in range(len(labels))], labels, fontsize="small")
+    axes.set_xticks([])
+    axes.set_title("the same noises, decoded by every sampler at each NFE", fontsize="medium")
+    return figure
+
+
+def sampler_comparison_figure(tables: dict[str, list[dict]]) -> Figure:
+    """A sweep's sampler tables side by side: each model's Fréchet distance against NFE, with its
+    floor band, on one shared y axis."""
+    figure, axes = plt.subplots(
+        1, len(tables), figsize=(5 * len(tables), 4.2), sharey=True, layout="constrained"
+    )
+    for panel, (model, rows) in zip(list(getattr(axes, "flat", [axes])), tables.items(), strict=True):
+        _draw_sampler_distances(panel, rows, "frechet_distance")
+        panel.set_xscale("log")
+        panel.set_yscale("log")
+        panel.set_xlabel("network evaluations (counted)")
+        panel.set_title(f"{model}: Fréchet distance", fontsize="medium")
+        panel.grid(alpha=0.3, which="both")
+        panel.legend(fontsize="x-small")
     return figure
 
 
@@ -542,8 +610,16 @@ def plot_trajectory_bound(rows: list[dict], bounds: list[dict], path: str | os.P
     _save(trajectory_bound_figure(rows, bounds), path)
 
 
-def plot_sampler_table(rows: list[dict], path: str | os.PathLike) -> None:
-    _save(sampler_table_figure(rows), path)
+def plot_sampler_grid(previews: dict, path: str | os.PathLike) -> None:
+    _save(sampler_grid_figure(previews), path)
+
+
+def plot_sampler_comparison(tables: dict[str, list[dict]], path: str | os.PathLike) -> None:
+    _save(sampler_comparison_figure(tables), path)
+
+
+def plot_sampler_table(rows: list[dict], path: str | os.PathLike, recommendation: dict | None = None) -> None:
+    _save(sampler_table_figure(rows, recommendation), path)
 
 
 def _save(figure: Figure, path: str | os.PathLike) -> None:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .decoding import sample_in_batches
-from .diffusion import DiffusionProcess, SamplingOptions
+from .decoding import Sampler, decode
+from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError
 from .runtime import model_device
 
@@ -359,38 +359,19 @@ def _quality_row(
 
 
 def draw_samples(
-    diffusion: DiffusionProcess,
-    num_samples: int,
-    num_steps: int,
-    batch_size: int,
-    seed: int,
-    eta: float = 0.0,
-    options: SamplingOptions | None = None,
+    diffusion: DiffusionProcess, num_samples: int, sampler: Sampler, batch_size: int, seed: int
 ) -> torch.Tensor:
-    """``num_samples`` DDIM samples over ``num_steps`` steps, on the CPU.
+    """``num_samples`` samples decoded by ``sampler``, on the CPU.
 
     The starting noise comes from a CPU generator seeded with ``seed``: the same on every machine
-    and device. ``eta`` is DDIM's η: 0 is its deterministic map; 1 gives every step the posterior's
-    variance over the strided schedule (ancestral sampling; DDPM's at S = T, x̂_0 unclipped). The
-    step noise of η > 0 comes from a generator on the sampling device, also seeded with ``seed``,
-    drawn batch after batch, so it depends on the device and on ``batch_size``.
+    and device. A stochastic sampler's step noise (DDIM's at η > 0: 1 gives every step the
+    posterior's variance over the strided schedule, DDPM's at S = T, x̂_0 unclipped) comes from a
+    generator on the sampling device, also seeded with ``seed``, drawn batch after batch, so it
+    depends on the device and on ``batch_size``.
     """
     noise = torch.randn((num_samples, *diffusion.sample_shape), generator=torch.Generator().manual_seed(seed))
-    device = model_device(diffusion)
-    step_noise = torch.Generator(device).manual_seed(seed) if eta > 0 else None
-
-    def decode(batch, desc):
-        return diffusion.sample_ddim(
-            batch,
-            num_steps,
-            eta,
-            generator=step_noise,
-            progress=True,
-            desc=f"DDIM {num_steps} {desc}",
-            options=options,
-        )
-
-    return sample_in_batches(decode, noise, batch_size, device)
+    step_noise = None if sampler.deterministic else torch.Generator(model_device(diffusion)).manual_seed(seed)
+    return decode(diffusion, sampler, noise, batch_size, step_noise)
 
 
 # --- interpolation paths -------------------------------------------------------------------------

@@ -7,10 +7,9 @@ import dataclasses
 
 import torch
 
-from .decoding import interpolation_grid, sample_in_batches
-from .diffusion import DiffusionProcess, SamplingOptions
+from .decoding import Sampler, interpolation_grid, invert
+from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError
-from .runtime import model_device
 
 
 def interpolate_real(
@@ -18,39 +17,24 @@ def interpolate_real(
     x_a: torch.Tensor,
     x_b: torch.Tensor,
     steps: int = 9,
-    num_steps: int = 100,
+    sampler: Sampler | None = None,
     interpolation: str = "slerp",
     batch_size: int = 72,
     progress: bool = True,
-    options: SamplingOptions | None = None,
 ) -> torch.Tensor:
-    """Interpolate between real images: DDIM-invert each pair to noise, interpolate the noises,
-    decode with η = 0 DDIM. Images ``(n, steps + 2, C, H, W)``: each row starts and ends with
-    the real digits, the decoded path between them.
+    """Interpolate between real images: DDIM-invert each pair to noise over ``sampler``'s steps
+    (η = 0 DDIM; 100 steps when None), interpolate the noises, decode with the same sampler.
+    Images ``(n, steps + 2, C, H, W)``: each row starts and ends with the real digits, the decoded
+    path between them.
 
-    Clipping is off for both directions, whatever ``options`` say: only the unclipped DDIM map is
-    inverted by DDIM inversion, so only then do the path's ends reproduce the real digits.
+    Clipping is off for both directions, whatever ``sampler.options`` say: only the unclipped DDIM
+    map is inverted by DDIM inversion, so only then do the path's ends reproduce the real digits.
     """
-    device = model_device(diffusion)
-    options = dataclasses.replace(options or SamplingOptions(), clip_x0=False)
-
-    def invert(batch, desc):
-        return diffusion.ddim_invert(batch, num_steps, progress=progress, options=options)
-
-    z = sample_in_batches(invert, torch.cat([x_a, x_b]).float(), batch_size, device)
-    z0, z1 = z.split(len(x_a))
+    sampler = sampler or Sampler("ddim", 100)
+    sampler = dataclasses.replace(sampler, options=dataclasses.replace(sampler.options, clip_x0=False))
+    z0, z1 = invert(diffusion, sampler, torch.cat([x_a, x_b]), batch_size, progress).split(len(x_a))
     decoded = interpolation_grid(
-        diffusion,
-        z0,
-        z1,
-        steps,
-        "ddim",
-        num_steps,
-        0.0,
-        interpolation,
-        batch_size,
-        progress=progress,
-        options=options,
+        diffusion, z0, z1, steps, sampler, interpolation, batch_size, progress=progress
     )
     return torch.cat([x_a[:, None].float(), decoded, x_b[:, None].float()], dim=1)
 

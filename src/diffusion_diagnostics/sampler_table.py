@@ -1,41 +1,60 @@
-"""Sample quality against cost for several samplers on one model: every cell (a sampler at a number
-of steps) decodes the same seeded starting noises, its network evaluations counted, scored by the
-judge against the held-out digits as sample_quality scores them, timed, and, for the deterministic
-samplers, compared with the same noise solved with many steps (how far from the ODE's own answer,
-whatever the judge thinks).
-
-The samplers: ``ddim`` (this package's, η = 0, unclipped) and every solver :mod:`.solvers` builds.
+"""Sample quality against cost for several samplers on one model: every cell (a :class:`Sampler` at a
+number of steps and a spacing) decodes the same seeded starting noises, its network evaluations
+counted, scored by the judge against the held-out digits as sample_quality scores them, timed, and,
+for the deterministic samplers, compared with the same noise solved with many steps (how far from
+the ODE's own answer, whatever the judge thinks). With several seeds every cell is repeated with new
+noise and its scores given as mean and spread; real training digits drawn as many times give the
+floor, and its spread, the noise a difference must exceed to mean anything.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import product
 
 import torch
 
-from .diffusion import DiffusionProcess, SamplingOptions
+from .decoding import OURS, Sampler, decode
+from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError
-from .quality import DISTANCES, Judgement, confidence_stats, distances_to
-from .solvers import CountingNetwork, build_scheduler, set_steps, solve
+from .process_config import TIMESTEP_SPACINGS
+from .quality import DISTANCES, Judgement, class_histogram, confidence_stats, distances_to
+from .solvers import CountingNetwork
 
 log = logging.getLogger(__name__)
 
-# This package's own samplers; the rest are diffusers' (.solvers).
-OURS = ("ddim",)
-# Samplers whose map from noise to image is stochastic: no ODE error is measured for them.
-STOCHASTIC = ("euler_ancestral",)
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One sampler at one number of steps, visiting its timesteps by ``spacing``."""
-
-    sampler: str
-    steps: int
-    spacing: str = "trailing"
+# The scores given as mean and spread (their standard deviation over the seeds, ``<score>_spread``).
+SCORES = (
+    "frechet_distance",
+    "kid",
+    "precision",
+    "recall",
+    "density",
+    "coverage",
+    "confident_share",
+    "ode_rmse",
+)
+SAMPLER_COLUMNS = [
+    "sampler",
+    "spacing",
+    "steps",
+    "nfe",
+    "seeds",
+    "seconds_per_sample",
+    *DISTANCES,
+    "mean_max_softmax",
+    "confident_share",
+    "ode_rmse",
+    *(f"{score}_spread" for score in SCORES),
+    *(f"class_{digit}" for digit in range(10)),
+]
+FLOOR = "floor (training digits)"  # the floor's row in the table, in the sampler column
+PREVIEW = 8  # the noises every cell shows in the grid
 
 
 def available_samplers(samplers: list[str]) -> list[str]:
@@ -58,85 +77,195 @@ def available_samplers(samplers: list[str]) -> list[str]:
     return list(samplers)
 
 
-def decode(
-    diffusion: DiffusionProcess, cell: Cell, noise: torch.Tensor, seed: int = 0
-) -> tuple[torch.Tensor, int]:
-    """The images ``cell`` decodes from ``noise``, and the network evaluations it made (counted)."""
-    if cell.sampler == "ddim":
-        counting = CountingNetwork(diffusion.model)
-        process = DiffusionProcess(counting, config=diffusion.config, sample_shape=diffusion.sample_shape)
-        images = process.sample_ddim(
-            noise, cell.steps, options=SamplingOptions(timestep_spacing=cell.spacing)
+def has_spacing(diffusion: DiffusionProcess, kind: str, spacing: str) -> bool:
+    """Whether sampler ``kind`` visits its timesteps by ``spacing`` (DDPM visits all: only once)."""
+    if kind in OURS:
+        return spacing in TIMESTEP_SPACINGS
+    from .solvers import SIGMA_SPACINGS, SPACINGS, build_scheduler
+
+    if spacing in SPACINGS:
+        return True
+    if spacing not in SIGMA_SPACINGS:
+        return False
+    try:
+        build_scheduler(kind, diffusion.config, spacing)
+    except DiagnosticsError as error:
+        if "noise levels" in str(error):
+            return False
+        raise
+    return True
+
+
+def sampler_cells(
+    diffusion: DiffusionProcess, kinds: list[str], steps: list[int], spacings: list[str]
+) -> list[Sampler]:
+    """Every sampler at every step count and spacing it has (unclipped, η = 0); DDPM, which takes
+    all T steps, once. A spacing no sampler has, or a sampler with none of the spacings, is one
+    error line; the pairs left out are said in one log line."""
+    if not (kinds and steps and spacings):
+        raise DiagnosticsError(
+            "the sampler table has no cells; name at least one sampler, step count and spacing"
         )
-        return images, counting.calls
-    # Unclipped, as this package's DDIM: clipping x̂_0 keeps an ODE solver from converging.
-    scheduler = build_scheduler(cell.sampler, diffusion.config, cell.spacing, clip=False)
-    return solve(diffusion, scheduler, cell.steps, noise, torch.Generator(noise.device).manual_seed(seed))
+    pairs = [
+        (kind, spacing) for kind, spacing in product(kinds, spacings) if has_spacing(diffusion, kind, spacing)
+    ]
+    for spacing in spacings:
+        if not any(s == spacing for _, s in pairs):
+            raise DiagnosticsError(
+                f"no sampler of {', '.join(kinds)} has the spacing '{spacing}' (spacings: "
+                "trailing, leading, linspace; karras, lu_lambdas for the solvers that have them)"
+            )
+    for kind in kinds:
+        if not any(k == kind for k, _ in pairs):
+            raise DiagnosticsError(f"sampler '{kind}' has none of the spacings {', '.join(spacings)}")
+    left_out = [
+        f"{kind} {spacing}" for kind, spacing in product(kinds, spacings) if (kind, spacing) not in pairs
+    ]
+    if left_out:
+        log.info("left out, as those samplers lack the spacing: %s", ", ".join(left_out))
+    cells = []
+    for kind, spacing in pairs:
+        if kind == "ddpm":
+            if not any(cell.kind == "ddpm" for cell in cells):
+                cells.append(Sampler("ddpm", diffusion.timesteps, spacing=spacing))
+            continue
+        cells.extend(Sampler(kind, count, spacing=spacing) for count in steps)
+    for cell in cells:  # every step count that cannot run fails before any cell runs
+        cell.check(diffusion)
+    return cells
 
 
-def sampler_rows(
+@dataclass
+class SamplerTable:
+    """The table's rows (the floor's first), the first PREVIEW images of every cell from the last
+    seed's noise (the same noises for every cell; by the cell's label and NFE), and the
+    recommendation (None without a finite distance)."""
+
+    rows: list[dict]
+    previews: dict[str, torch.Tensor]
+    recommendation: dict | None
+
+
+def cell_label(row: dict) -> str:
+    return f"{row['sampler']} ({row['spacing']})"
+
+
+def sampler_table(
     diffusion: DiffusionProcess,
     judge: Callable[[torch.Tensor], Judgement],
     reference: Judgement,
-    cells: list[Cell],
-    noise: torch.Tensor,
+    floors: list[Judgement],
+    cells: list[Sampler],
+    noises: list[torch.Tensor],
     reference_steps: int = 200,
     batch_size: int = 250,
     seed: int = 0,
     nearest_k: int = 5,
-) -> list[dict]:
-    """One row per cell: its counted NFE, seconds per sample, the judge's scores against
-    ``reference`` (the held-out digits' judgement) and, for a deterministic sampler, the RMSE to
-    the same sampler with ``reference_steps`` steps from the same noise. ``judge`` takes the
-    model's images (and brings them to the digits' size where they differ)."""
+) -> SamplerTable:
+    """One row per cell, its scores the mean over ``noises`` (one seed's starting noise each) with
+    their spread: its counted NFE, seconds per sample, the judge's scores against ``reference``
+    (the held-out digits' judgement) and, for a deterministic sampler, the RMSE to the same sampler
+    with ``reference_steps`` steps from the same noise. ``floors``: real digits, each set as many
+    as a seed's samples, judged: the floor's row. ``judge`` takes the model's images (and brings
+    them to the digits' size where they differ)."""
     if not cells:
         raise DiagnosticsError("the sampler table has no cells; name at least one sampler and one step count")
-    for cell in cells:  # every sampler and step count that cannot run fails before any cell runs
-        if cell.sampler in OURS:
-            SamplingOptions(timestep_spacing=cell.spacing)
-        else:
-            set_steps(build_scheduler(cell.sampler, diffusion.config, cell.spacing, clip=False), cell.steps)
-    answers: dict[tuple[str, str], torch.Tensor] = {}
-    rows = []
+    floor = _mean_row(
+        {"sampler": FLOOR, "spacing": "", "steps": None, "nfe": None},
+        [_scores(reference, judged, nearest_k, seed) for judged in floors],
+    )
+    answers: dict[tuple[Sampler, int], torch.Tensor] = {}
+    rows, previews = [floor], {}
     for cell in cells:
-        started = time.perf_counter()
-        images, evaluations = _decoded(diffusion, cell, noise, batch_size, seed)
-        seconds = time.perf_counter() - started
-        row = {"sampler": cell.sampler, "spacing": cell.spacing, "steps": cell.steps, "nfe": evaluations}
-        row["seconds_per_sample"] = seconds / len(noise)
-        judged = judge(images)
-        row.update(distances_to(reference, judged, nearest_k, seed))
-        row.update(confidence_stats(judged.probabilities))
-        row["ode_rmse"] = None
-        if cell.sampler not in STOCHASTIC:
-            key = (cell.sampler, cell.spacing)
-            if key not in answers:
-                many = Cell(cell.sampler, reference_steps, cell.spacing)
-                answers[key] = _decoded(diffusion, many, noise, batch_size, seed)[0]
-            row["ode_rmse"] = float((images - answers[key]).pow(2).mean().sqrt())
-        rows.append(row)
-    return rows
+        runs, nfe, seconds = [], 0, 0.0
+        for index, noise in enumerate(noises):
+            counting = CountingNetwork(diffusion.model)
+            counted = DiffusionProcess(counting, config=diffusion.config, sample_shape=diffusion.sample_shape)
+            started = time.perf_counter()
+            images = _decode(counted, cell, noise, batch_size, seed + index)
+            seconds += time.perf_counter() - started
+            nfe = counting.calls // len(noise.split(batch_size))  # each batch makes as many
+            scores = _scores(reference, judge(images), nearest_k, seed)
+            scores["ode_rmse"] = None
+            if cell.deterministic:
+                key = (dataclasses.replace(cell, steps=reference_steps), index)
+                if key not in answers:
+                    answers[key] = _decode(diffusion, key[0], noise, batch_size, seed + index)
+                scores["ode_rmse"] = float((images - answers[key]).pow(2).mean().sqrt())
+            runs.append(scores)
+        head = {"sampler": cell.kind, "spacing": _spacing(cell), "steps": cell.steps, "nfe": nfe}
+        previews[f"{cell_label(head)}, {nfe} NFE"] = images[:PREVIEW]  # the last seed's: any would do
+        head["seconds_per_sample"] = seconds / sum(len(noise) for noise in noises)
+        rows.append(_mean_row(head, runs))
+    return SamplerTable(rows, previews, recommend(rows))
 
 
-def _decoded(
-    diffusion, cell: Cell, noise: torch.Tensor, batch_size: int, seed: int
-) -> tuple[torch.Tensor, int]:
-    """``cell``'s images batch by batch, and its evaluations per batch (each batch makes as many)."""
-    parts, evaluations = [], 0
-    for index, batch in enumerate(noise.split(batch_size)):
-        images, evaluations = decode(diffusion, cell, batch, seed + index)
-        parts.append(images.cpu())
-    return torch.cat(parts), evaluations
+def _spacing(cell: Sampler) -> str:
+    return "all" if cell.kind == "ddpm" else cell.timestep_spacing
 
 
-SAMPLER_COLUMNS = [
-    "sampler",
-    "spacing",
-    "steps",
-    "nfe",
-    "seconds_per_sample",
-    *DISTANCES,
-    "mean_max_softmax",
-    "confident_share",
-    "ode_rmse",
-]
+def _decode(diffusion: DiffusionProcess, sampler: Sampler, noise: torch.Tensor, batch_size: int, seed: int):
+    """Decoded unclipped; a stochastic sampler's step noise seeded with ``seed``."""
+    generator = None if sampler.deterministic else torch.Generator(noise.device).manual_seed(seed)
+    return decode(diffusion, sampler, noise, batch_size, generator, progress=False)
+
+
+def _scores(reference: Judgement, judged: Judgement, nearest_k: int, seed: int) -> dict:
+    return {
+        **distances_to(reference, judged, nearest_k, seed),
+        **confidence_stats(judged.probabilities),
+        **{f"class_{digit}": count for digit, count in enumerate(class_histogram(judged.probabilities))},
+    }
+
+
+def _mean_row(head: dict, runs: list[dict]) -> dict:
+    """``head`` with every score's mean over ``runs`` and, for SCORES, its spread (None from one run)."""
+    row = {**head, "seeds": len(runs)}
+    for key in runs[0]:
+        values = [run[key] for run in runs if run[key] is not None]
+        row[key] = statistics.fmean(values) if values else None
+    for score in SCORES:
+        values = [run[score] for run in runs if run.get(score) is not None]
+        row[f"{score}_spread"] = statistics.stdev(values) if len(values) > 1 else None
+    return {column: row.get(column) for column in SAMPLER_COLUMNS}
+
+
+def recommend(rows: list[dict]) -> dict | None:
+    """The fewest NFE whose Fréchet distance is within the noise of the best cell's: the noise the
+    larger of the best cell's spread over seeds and the floor's spread (how much the distance of
+    real digits moves from one draw to the next). Rows as :func:`sampler_table` gives them (or
+    read back from its CSV); None where no cell has a finite distance."""
+    floor = next((row for row in rows if row["sampler"] == FLOOR), None)
+    cells = [row for row in rows if row["sampler"] != FLOOR and _finite(row["frechet_distance"])]
+    if not cells:
+        return None
+    best = min(cells, key=lambda row: float(row["frechet_distance"]))
+    spreads = [best["frechet_distance_spread"], floor and floor["frechet_distance_spread"]]
+    noise = max((float(spread) for spread in spreads if _finite(spread)), default=0.0)
+    within = [
+        row for row in cells if float(row["frechet_distance"]) <= float(best["frechet_distance"]) + noise
+    ]
+    pick = min(within, key=lambda row: (int(row["nfe"]), float(row["frechet_distance"])))
+    return {
+        "sampler": pick["sampler"],
+        "spacing": pick["spacing"],
+        "steps": int(pick["steps"]),
+        "nfe": int(pick["nfe"]),
+        "frechet_distance": float(pick["frechet_distance"]),
+        "best": {key: best[key] for key in ("sampler", "spacing", "steps", "nfe", "frechet_distance")},
+        "noise": noise,
+        "sentence": (
+            f"{pick['sampler']} ({pick['spacing']}) at {int(pick['nfe'])} NFE: Fréchet distance "
+            f"{float(pick['frechet_distance']):.3g}, within the noise (±{noise:.2g}) of the best cell, "
+            f"{best['sampler']} ({best['spacing']}) at {int(best['nfe'])} NFE "
+            f"({float(best['frechet_distance']):.3g})"
+        ),
+    }
+
+
+def _finite(value) -> bool:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return False
+    return number == number and abs(number) != float("inf")

@@ -69,6 +69,13 @@ def build_scheduler(
             f"sampler '{kind}' is neither one of {', '.join(SOLVERS)} nor a diffusers scheduler class"
         )
     accepted = set(inspect.signature(scheduler_class.__init__).parameters)
+    if not {"beta_schedule", "trained_betas"} & accepted:
+        # Flow matching, EDM, variance-exploding and consistency schedulers, the pipelines' own for
+        # conditional or latent models: their noise is not this model's β schedule.
+        raise DiagnosticsError(
+            f"sampler '{kind}' ({name}) takes no β schedule, so it cannot sample this model's process "
+            f"(it is made for another kind of model); use one of {', '.join(SOLVERS)}"
+        )
     arguments = {key: value for key, value in scheduler_config(config).items() if key in accepted}
     if clip is not None and "clip_sample" in accepted:
         arguments["clip_sample"] = clip

@@ -3,6 +3,7 @@ and held-out digits inverted to noise and decoded back both ways."""
 
 import logging
 
+from diffusion_diagnostics.decoding import Sampler
 from diffusion_diagnostics.fidelity import ddim_step_sweep, inversion_reconstruction
 from diffusion_diagnostics.files import write_csv
 from diffusion_diagnostics.grids import load_endpoints
@@ -13,6 +14,7 @@ from diffusion_diagnostics.workflow import digits_for, load_sampling_model, run_
 def main(snakemake):
     settings, interpolation = snakemake.params.settings, snakemake.params.interpolation
     diffusion, options = load_sampling_model(snakemake)
+    sampler = Sampler("ddim", options=options)  # at each step count of the sweep
     rows = settings["grid_rows"]
     logging.info("fidelity: %d grid rows and inversion at S = %s", rows, settings["num_steps"])
     z0, z1 = (endpoints[:rows] for endpoints in load_endpoints(snakemake.input.endpoints))
@@ -24,12 +26,12 @@ def main(snakemake):
         settings["num_steps"],
         interpolation["method"],
         interpolation["batch_size"],
-        options=options,
+        sampler=sampler,
     )
     heldout = digits_for(diffusion, snakemake.input.heldout, snakemake.params.image_fit).tensors[0]
     heldout = heldout[: settings["inversion_images"]]
     inversion = inversion_reconstruction(
-        diffusion, heldout, settings["num_steps"], interpolation["batch_size"], options=options
+        diffusion, heldout, settings["num_steps"], interpolation["batch_size"], sampler=sampler
     )
     for row in sweep + inversion:
         logging.info("%s", row)

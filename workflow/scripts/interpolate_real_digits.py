@@ -2,6 +2,7 @@
 
 import logging
 
+from diffusion_diagnostics.decoding import Sampler
 from diffusion_diagnostics.digits import to_digit_size
 from diffusion_diagnostics.grids import save_grid
 from diffusion_diagnostics.real_digits import interpolate_real, select_pairs
@@ -19,10 +20,9 @@ def main(snakemake):
         images[first],
         images[second],
         steps,
-        settings["num_steps"],
+        Sampler("ddim", settings["num_steps"], options=options),
         settings["method"],
         snakemake.params.batch_size,
-        options=options,
     )
     save_grid(to_digit_size(grid, snakemake.params.image_fit), snakemake.output.grid)
 

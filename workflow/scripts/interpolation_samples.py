@@ -5,7 +5,7 @@ import logging
 
 import torch
 
-from diffusion_diagnostics.decoding import interpolation_grid
+from diffusion_diagnostics.decoding import Sampler, interpolation_grid
 from diffusion_diagnostics.digits import to_digit_size
 from diffusion_diagnostics.grids import load_endpoints, save_grid_images
 from diffusion_diagnostics.workflow import load_sampling_model, run_rule
@@ -27,19 +27,20 @@ def main(snakemake):
         len(z0),
         settings["steps"],
     )
+    if wildcards.sampler == "ddim":
+        sampler = Sampler("ddim", settings["ddim"]["num_steps"], settings["ddim"]["eta"], options=options)
+    else:
+        sampler = Sampler(wildcards.sampler, options=options)
     grid = interpolation_grid(
         diffusion,
         z0,
         z1,
-        steps=settings["steps"],
-        sampler=wildcards.sampler,
-        ddim_steps=settings["ddim"]["num_steps"],
-        eta=settings["ddim"]["eta"],
-        interpolation=wildcards.method,
-        batch_size=settings["batch_size"],
+        settings["steps"],
+        sampler,
+        wildcards.method,
+        settings["batch_size"],
         generator=torch.Generator(diffusion.device).manual_seed(settings["sampling_seed"]),
         shared_noise=wildcards.noise == "shared",
-        options=options,
     )
     # The PNG and the judge see digits: the model's images brought back to 28 x 28.
     save_grid_images(snakemake.output.images, to_digit_size(grid, snakemake.params.image_fit))

@@ -7,6 +7,7 @@ import logging
 
 from diffusion_diagnostics.classifier import load_classifier
 from diffusion_diagnostics.data import load_split
+from diffusion_diagnostics.decoding import Sampler
 from diffusion_diagnostics.digits import to_digit_size
 from diffusion_diagnostics.files import write_csv, write_json
 from diffusion_diagnostics.grids import save_grid, tile_rows
@@ -33,14 +34,9 @@ def main(snakemake):
     check_neighbour_counts(
         settings["nearest_k"], {"the samples": settings["num_samples"], "the held-out digits": len(heldout)}
     )
+    sampler = Sampler("ddim", settings["ddim_steps"], settings["eta"], options=options)
     samples = draw_samples(
-        diffusion,
-        settings["num_samples"],
-        settings["ddim_steps"],
-        settings["batch_size"],
-        settings["seed"],
-        eta=settings["eta"],
-        options=options,
+        diffusion, settings["num_samples"], sampler, settings["batch_size"], settings["seed"]
     )
     # The judge reads digits: the model's images brought back to 28 x 28.
     samples = to_digit_size(samples, snakemake.params.image_fit)

@@ -1,61 +1,83 @@
-"""Rule sampler_table: every configured sampler at every step count on the model, judged against
-the held-out digits, timed and counted; a table and its figure."""
+"""Rule sampler_table: every configured sampler at every step count and spacing on the model, judged
+against the held-out digits, timed and counted, over several seeds; the table, its figure, the grid
+of the same noises decoded by every cell, and the recommendation."""
 
 import logging
-from itertools import product
 
 import torch
 
 from diffusion_diagnostics.classifier import load_classifier
 from diffusion_diagnostics.data import load_split
 from diffusion_diagnostics.digits import to_digit_size
-from diffusion_diagnostics.files import write_csv
-from diffusion_diagnostics.plots import plot_sampler_table
+from diffusion_diagnostics.files import write_csv, write_json
+from diffusion_diagnostics.plots import plot_sampler_grid, plot_sampler_table
 from diffusion_diagnostics.quality import check_neighbour_counts, judge_images
-from diffusion_diagnostics.sampler_table import SAMPLER_COLUMNS, Cell, available_samplers, sampler_rows
+from diffusion_diagnostics.sampler_table import (
+    SAMPLER_COLUMNS,
+    available_samplers,
+    sampler_cells,
+    sampler_table,
+)
 from diffusion_diagnostics.workflow import load_sampling_model, run_rule
+
+FLOOR_DRAWS = 5  # sets of real training digits whose spread is the floor's noise
 
 
 def main(snakemake):
     settings = snakemake.params.settings
     diffusion, _ = load_sampling_model(snakemake, clip_x0=False)
     classifier, _ = load_classifier(snakemake.input.classifier, diffusion.device)
+    train = load_split(snakemake.input.train).tensors[0]
     heldout = load_split(snakemake.input.heldout).tensors[0]
-    nearest_k = snakemake.params.nearest_k
-    check_neighbour_counts(
-        nearest_k, {"the samples": settings["num_samples"], "the held-out digits": len(heldout)}
+    n, nearest_k = settings["num_samples"], snakemake.params.nearest_k
+    check_neighbour_counts(nearest_k, {"the samples": n, "the held-out digits": len(heldout)})
+    cells = sampler_cells(
+        diffusion, available_samplers(settings["samplers"]), settings["steps"], settings["spacings"]
     )
-    samplers = available_samplers(settings["samplers"])
-    cells = [
-        Cell(sampler, steps, settings["spacing"]) for sampler, steps in product(samplers, settings["steps"])
+    seeds = range(settings["seed"], settings["seed"] + settings["seeds"])
+    noises = [
+        torch.randn((n, *diffusion.sample_shape), generator=torch.Generator().manual_seed(seed)).to(
+            diffusion.device
+        )
+        for seed in seeds
     ]
-    noise = torch.randn(
-        (settings["num_samples"], *diffusion.sample_shape),
-        generator=torch.Generator().manual_seed(settings["seed"]),
-    ).to(diffusion.device)
+    draws = torch.Generator().manual_seed(settings["seed"])
+    floors = [
+        judge_images(classifier, train[torch.randperm(len(train), generator=draws)[:n]])
+        for _ in range(FLOOR_DRAWS)
+    ]
     fit = snakemake.params.image_fit
 
     def judge(images):
         return judge_images(classifier, to_digit_size(images, fit))
 
-    rows = sampler_rows(
+    logging.info("%d cells x %d seeds of %d samples", len(cells), len(noises), n)
+    table = sampler_table(
         diffusion,
         judge,
         judge_images(classifier, heldout),
+        floors,
         cells,
-        noise,
+        noises,
         reference_steps=settings["reference_steps"],
         batch_size=settings["batch_size"],
         seed=settings["seed"],
         nearest_k=nearest_k,
     )
-    for row in rows:
+    for row in table.rows:
         logging.info(
             "%s",
-            {key: row[key] for key in ("sampler", "steps", "nfe", "frechet_distance", "kid", "ode_rmse")},
+            {key: row[key] for key in ("sampler", "spacing", "nfe", "frechet_distance", "kid", "ode_rmse")},
         )
-    write_csv(rows, snakemake.output.csv, SAMPLER_COLUMNS)
-    plot_sampler_table(rows, snakemake.output.png)
+    recommendation = table.recommendation
+    logging.info(
+        "%s", recommendation["sentence"] if recommendation else "no cell has a finite Fréchet distance"
+    )
+    write_csv(table.rows, snakemake.output.csv, SAMPLER_COLUMNS)
+    write_json({"recommendation": recommendation, "settings": settings}, snakemake.output.json)
+    plot_sampler_table(table.rows, snakemake.output.png, recommendation)
+    previews = {label: to_digit_size(images, fit) for label, images in table.previews.items()}
+    plot_sampler_grid(previews, snakemake.output.grid)
 
 
 run_rule(main, snakemake)  # noqa: F821

@@ -40,7 +40,7 @@ run: $(VENV)/.installed-run
 	$(BIN)/snakemake --cores $(CORES) --resources gpu=1
 
 samplers: $(VENV)/.installed-diffusers
-	$(BIN)/snakemake --cores $(CORES) --resources gpu=1 samplers
+	$(BIN)/snakemake samplers --cores $(CORES) --resources gpu=1
 
 report: $(VENV)/.installed-run
 	$(BIN)/snakemake --report results/report.html

@@ -20,6 +20,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from .files import atomic_output  # noqa: E402
 from .quality import NEIGHBOUR_METRICS  # noqa: E402
+from .sampler_table import FLOOR, empirical_order  # noqa: E402
 
 
 def timestep_loss_figure(rows: list[dict]) -> Figure:
@@ -458,9 +459,6 @@ def trajectory_bound_figure(rows: list[dict], bounds: list[dict]) -> Figure:
     return figure
 
 
-FLOOR_ROW = "floor (training digits)"  # sampler_table.FLOOR: the floor's row of the sampler table
-
-
 def sampler_table_figure(rows: list[dict], recommendation: dict | None = None) -> Figure:
     """The sampler table: Fréchet distance and KID against counted network evaluations (log x), a
     line per sampler and spacing (error bars its spread over seeds), the floor's mean ± spread as a
@@ -475,7 +473,7 @@ def sampler_table_figure(rows: list[dict], recommendation: dict | None = None) -
         errors = [(n, e) for n, e in errors if e is not None and e > 0]
         if len(errors) >= 2:
             ode.plot(
-                *zip(*errors, strict=True), marker="o", label=f"{label}: order {-_log_slope(errors):.2f}"
+                *zip(*errors, strict=True), marker="o", label=f"{label}: order {empirical_order(errors):.2f}"
             )
     for axes, title in (
         (frechet, "Fréchet distance to held-out digits"),
@@ -501,7 +499,7 @@ def _sampler_lines(rows: list[dict]) -> dict[str, list[dict]]:
     """The sampler rows (not the floor), a line per sampler and spacing, by NFE."""
     lines: dict[str, list[dict]] = {}
     for row in rows:
-        if row["sampler"] != FLOOR_ROW:
+        if row["sampler"] != FLOOR:
             lines.setdefault(f"{row['sampler']} ({row['spacing']})", []).append(row)
     return {label: sorted(line, key=lambda r: int(r["nfe"])) for label, line in lines.items()}
 
@@ -514,20 +512,11 @@ def _draw_sampler_distances(axes, rows: list[dict], key: str, label_prefix: str 
         spread = [_number(r[f"{key}_spread"]) or 0.0 for r in line]
         values = [_number(r[key]) for r in line]
         axes.errorbar(nfe, values, yerr=spread, marker="o", capsize=3, label=f"{label_prefix}{label}")
-    floor = next((row for row in rows if row["sampler"] == FLOOR_ROW), None)
+    floor = next((row for row in rows if row["sampler"] == FLOOR), None)
     if floor is not None and _number(floor[key]) is not None:
         middle, spread = _number(floor[key]), _number(floor[f"{key}_spread"]) or 0.0
         axes.axhspan(middle - spread, middle + spread, color="0.8", alpha=0.6, label="floor ± spread")
         axes.axhline(middle, color="0.5", linewidth=0.8)
-
-
-def _log_slope(points: list[tuple[float, float]]) -> float:
-    """The least-squares slope of log y against log x."""
-    x, y = [math.log(a) for a, _ in points], [math.log(b) for _, b in points]
-    mean_x, mean_y = sum(x) / len(x), sum(y) / len(y)
-    return sum((a - mean_x) * (b - mean_y) for a, b in zip(x, y, strict=True)) / sum(
-        (a - mean_x) ** 2 for a in x
-    )
 
 
 def sampler_grid_figure(previews: dict) -> Figure:

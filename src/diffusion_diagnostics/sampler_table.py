@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -197,6 +198,11 @@ def sampler_table(
         previews[f"{cell_label(head)}, {nfe} NFE"] = images[:PREVIEW]  # the last seed's: any would do
         head["seconds_per_sample"] = seconds / sum(len(noise) for noise in noises)
         rows.append(_mean_row(head, runs))
+        done = rows[-1]
+        log.info(
+            "%s, %d steps: %d NFE, Fréchet distance %.4g, %.3g s per sample",
+            *(cell_label(done), cell.steps, nfe, done["frechet_distance"], done["seconds_per_sample"]),
+        )
     return SamplerTable(rows, previews, recommend(rows))
 
 
@@ -261,6 +267,15 @@ def recommend(rows: list[dict]) -> dict | None:
             f"({float(best['frechet_distance']):.3g})"
         ),
     }
+
+
+def empirical_order(points: list[tuple[float, float]]) -> float:
+    """A solver's empirical order of convergence from (NFE, error) points: minus the least-squares
+    slope of log error against log NFE."""
+    x, y = [math.log(n) for n, _ in points], [math.log(e) for _, e in points]
+    mean_x, mean_y = sum(x) / len(x), sum(y) / len(y)
+    covariance = sum((a - mean_x) * (b - mean_y) for a, b in zip(x, y, strict=True))
+    return -covariance / sum((a - mean_x) ** 2 for a in x)
 
 
 def _finite(value) -> bool:

@@ -111,6 +111,11 @@ class CountingNetwork(nn.Module):
 
 def set_steps(scheduler, steps: int, device: torch.device | str = "cpu") -> None:
     """``scheduler.set_timesteps(steps)``, or one error line where it cannot take that many."""
+    if getattr(scheduler, "order", 1) > 1 and steps < 2:
+        # A second-order scheduler (Heun, KDPM2) makes its last step first-order: one step is Euler's.
+        raise DiagnosticsError(
+            f"{type(scheduler).__name__} needs at least 2 steps: at {steps} it takes a single Euler step"
+        )
     try:
         scheduler.set_timesteps(steps, device=device)
     except (ValueError, IndexError) as error:

@@ -51,7 +51,7 @@ def main(snakemake):
     def judge(images):
         return judge_images(classifier, to_digit_size(images, fit))
 
-    logging.info("%d cells x %d seeds of %d samples", len(cells), len(noises), n)
+    logging.info("%d cells, each from %d seed(s) of %d noises", len(cells), len(noises), n)
     table = sampler_table(
         diffusion,
         judge,

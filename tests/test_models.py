@@ -123,6 +123,40 @@ def test_folder_gives_the_diffusers_network_and_schedule(tmp_path, layout, safe)
     )
 
 
+@pytest.mark.parametrize(
+    ("saving", "written"),
+    [
+        ({"variant": "fp16"}, "diffusion_pytorch_model.fp16.safetensors"),
+        ({"variant": "fp16", "safe_serialization": False}, "diffusion_pytorch_model.fp16.bin"),
+        ({"max_shard_size": "20KB"}, "diffusion_pytorch_model.safetensors.index.json"),
+        (
+            {"variant": "fp16", "max_shard_size": "20KB"},
+            "diffusion_pytorch_model.safetensors.index.fp16.json",
+        ),
+    ],
+    ids=["fp16", "fp16-bin", "sharded", "sharded-fp16"],
+)
+def test_weights_as_diffusers_publishes_them_are_read(tmp_path, caplog, saving, written):
+    """A variant (save_pretrained(variant="fp16"), the only weights some Hub folders have) is read
+    and upcast to float32, and said; shards are read through their index."""
+    unet = diffusers_unet()
+    if "variant" in saving:
+        unet = unet.half()
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=T)
+    folder = tmp_path / "model"
+    diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder, **saving)
+    assert (folder / "unet" / written).is_file()
+    assert not (folder / "unet" / "diffusion_pytorch_model.safetensors").exists()
+
+    diffusion, _ = load_model(folder)
+
+    assert all(parameter.dtype == torch.float32 for parameter in diffusion.model.parameters())
+    x, t = torch.randn(3, 1, 16, 16), torch.tensor([0, 7, T - 1])
+    with torch.no_grad():
+        torch.testing.assert_close(diffusion.model(x, t), unet.float()(x, t).sample)
+    assert ("the fp16 variant of the weights, read as float32" in caplog.text) == ("variant" in saving)
+
+
 def test_sample_size_may_be_a_pair(tmp_path):
     unet = diffusers_unet(sample_size=(16, 8))
     folder = ddpm_folder(tmp_path / "model", "flat", unet)

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,6 +39,8 @@ from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError, first_line
 from .process_config import SAMPLING_KEYS, SCHEDULER_KEYS, ProcessConfig
 from .sources import TRAIN, DiffusersFolder, hub_folder_name, is_hub_id, locate_diffusers_folder, parse_hub_id
+
+log = logging.getLogger(__name__)
 
 INSTALL_EXTRA = 'pip install -e ".[diffusers]"'
 TRAIN_INSTEAD = f"set checkpoint: {TRAIN} to train a model with the workflow"
@@ -247,13 +252,37 @@ def _scheduler_settings(diffusers, path: Path) -> tuple[str, dict]:
     return name, {**defaults, **{key: value for key, value in config.items() if key in defaults}}
 
 
-def _weights_file(unet_folder: Path) -> Path:
-    for name in WEIGHTS_FILES:
-        if (unet_folder / name).is_file():
-            return unet_folder / name
+@dataclass(frozen=True)
+class UNetWeights:
+    """The weights of a UNet folder as diffusers writes them: one file, or shards with their
+    index, of ``format`` safetensors or bin, and the ``variant`` (``fp16``, ...) of
+    ``save_pretrained(variant=...)``, None for the plain name."""
+
+    path: Path  # the weights file, or the shards' index
+    format: str
+    variant: str | None
+
+
+def _weights_file(unet_folder: Path) -> UNetWeights:
+    """The UNet's weights, plain before a variant and safetensors before bin, as diffusers picks."""
+    for suffix in ("safetensors", "bin"):
+        plain = [f"diffusion_pytorch_model.{suffix}", f"diffusion_pytorch_model.{suffix}.index.json"]
+        for name in plain:
+            if (unet_folder / name).is_file():
+                return UNetWeights(unet_folder / name, suffix, None)
+    for suffix in ("safetensors", "bin"):
+        # diffusion_pytorch_model.<variant>.<suffix>, or a sharded variant's index
+        # diffusion_pytorch_model.<suffix>.index.<variant>.json
+        single = re.compile(rf"diffusion_pytorch_model\.(\w+)\.{suffix}")
+        index = re.compile(rf"diffusion_pytorch_model\.{suffix}\.index\.(\w+)\.json")
+        for path in sorted(unet_folder.iterdir()):
+            match = single.fullmatch(path.name) or index.fullmatch(path.name)
+            if match:
+                return UNetWeights(path, suffix, match.group(1))
     raise DiagnosticsError(
-        f"{unet_folder}: no weights beside config.json (expected {' or '.join(WEIGHTS_FILES)}); "
-        "copy the model's weights there or download the folder again"
+        f"{unet_folder}: no weights beside config.json (expected {' or '.join(WEIGHTS_FILES)}, a variant "
+        "such as diffusion_pytorch_model.fp16.safetensors, or shards with their index); copy the model's "
+        "weights there or download the folder again"
     )
 
 
@@ -265,12 +294,17 @@ def _load_unet(diffusers, folder: DiffusersFolder) -> nn.Module:
             f"{config_path}: _class_name '{unet_class}' is not supported (a conditional or latent "
             f"model); the diagnostics read an unconditional pixel-space {UNET_CLASS}"
         )
-    weights = _weights_file(folder.unet)
+    found = _weights_file(folder.unet)
+    weights = found.path
+    if found.variant:
+        log.warning("%s: the %s variant of the weights, read as float32", weights, found.variant)
     try:
         unet, loading = diffusers.UNet2DModel.from_pretrained(
             folder.unet,
             local_files_only=True,
-            use_safetensors=weights.suffix == ".safetensors",
+            use_safetensors=found.format == "safetensors",
+            variant=found.variant,
+            # Upcast whatever the file holds (an fp16 variant): the samplers' arithmetic is float32.
             torch_dtype=torch.float32,
             output_loading_info=True,
             # Weights of the wrong shape are reported in `loading` with the rest, not raised mid-load.

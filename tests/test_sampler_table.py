@@ -137,6 +137,14 @@ def test_a_cell_that_cannot_run_is_one_error_line_before_any_runs(monkeypatch):
     one_error_line(
         lambda: sampler_cells(diffusion, ["ddim", "euler"], [4], ["cosine"]), "no sampler of ddim, euler"
     )
+    predicts_x0 = DiffusionProcess(
+        diffusion.model, 1000, 1e-4, 0.02, prediction_type="sample", sample_shape=(1, 2, 2)
+    )
+    one_error_line(
+        lambda: sampler_cells(predicts_x0, ["ddim", "pndm"], [4], ["trailing"]),
+        "PNDMScheduler",
+        "must be one of",
+    )
     one_error_line(
         lambda: sampler_cells(diffusion, ["ddim", "FlowMatchEulerDiscreteScheduler"], [4], ["trailing"]),
         "takes no β schedule",

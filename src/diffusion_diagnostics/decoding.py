@@ -78,13 +78,14 @@ class Sampler:
 
     def check(self, diffusion: DiffusionProcess) -> None:
         """One error line where this sampler cannot run on ``diffusion`` (an unknown kind, a spacing
-        it lacks, fewer steps than it needs), before anything is decoded."""
+        it lacks, fewer steps than it needs, the model's prediction type), before anything is
+        decoded."""
         if self.kind == "ddim":
             dataclasses.replace(self.options, timestep_spacing=self.timestep_spacing)
         elif self.kind not in OURS:
-            from .solvers import set_steps
+            from .solvers import check_step
 
-            set_steps(self._scheduler(diffusion), self.steps)
+            check_step(self._scheduler(diffusion), self.steps, diffusion.sample_shape)
 
     def run(
         self,

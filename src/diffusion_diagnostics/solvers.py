@@ -122,6 +122,17 @@ def set_steps(scheduler, steps: int, device: torch.device | str = "cpu") -> None
         raise DiagnosticsError(f"{type(scheduler).__name__} cannot take {steps} steps: {error}") from None
 
 
+def check_step(scheduler, steps: int, sample_shape: tuple[int, ...]) -> None:
+    """One error line where ``scheduler`` cannot take ``steps`` steps or cannot step at all on this
+    model (a prediction type it lacks): its first step tried on zeros, no network run."""
+    set_steps(scheduler, steps)
+    zeros, first = torch.zeros((1, *sample_shape)), scheduler.timesteps[0]
+    try:
+        scheduler.step(zeros, first, scheduler.scale_model_input(zeros, first))
+    except (NotImplementedError, ValueError) as error:  # e.g. "prediction_type not implemented yet: sample"
+        raise DiagnosticsError(f"{type(scheduler).__name__}: {error}; choose another sampler") from None
+
+
 def solve(
     diffusion: DiffusionProcess,
     scheduler,
@@ -147,7 +158,7 @@ def solve(
             output = network(model_input, t.expand(len(x)).to(noise.device))
             try:
                 x = scheduler.step(output, t, x, **seeded).prev_sample
-            except NotImplementedError as error:  # e.g. a prediction type the solver lacks
+            except (NotImplementedError, ValueError) as error:  # e.g. a prediction type the solver lacks
                 raise DiagnosticsError(
                     f"{type(scheduler).__name__}: {error}; choose another sampler"
                 ) from None

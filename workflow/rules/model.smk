@@ -65,6 +65,7 @@ rule download_model:
 rule describe_model:
     input:
         model=model_input,
+        heldout=DATA["heldout"],
     output:
         card=report(
             MODEL_CARD,

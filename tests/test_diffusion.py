@@ -13,6 +13,7 @@ compared with what the package returns, for every schedule and parametrization.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from itertools import pairwise
 
@@ -662,3 +663,14 @@ def test_sampling_options_override_the_models_variance_and_clipping():
     overridden = ddpm("fixed_small", True, SamplingOptions(variance_type="fixed_large", clip_x0=False))
     assert torch.equal(overridden, large_unclipped)
     assert not torch.equal(ddpm("fixed_small", True), large_unclipped)
+
+
+def test_a_rebuilt_process_shares_the_network_with_other_settings():
+    diffusion = DiffusionProcess(tiny_unet(), 20, 1e-3, 0.2, sample_shape=(1, 28, 28))
+    other = diffusion.rebuilt(prediction_type="v_prediction")
+    assert other.model is diffusion.model and other.sample_shape == diffusion.sample_shape
+    assert other.config == dataclasses.replace(diffusion.config, prediction_type="v_prediction")
+    torch.testing.assert_close(other.alphas_cumprod, diffusion.alphas_cumprod)
+    wrapped = nn.Sequential()
+    around = diffusion.rebuilt(wrapped)
+    assert around.model is wrapped and around.config == diffusion.config

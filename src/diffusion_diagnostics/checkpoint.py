@@ -73,12 +73,13 @@ def _portable(state_dict: dict) -> dict:
 
 def state_dict_mismatch(model: torch.nn.Module, state_dict: dict) -> str:
     """What keeps ``state_dict`` from loading into ``model`` (names missing, unexpected or of
-    another shape), or "" when it fits."""
+    another shape, with both shapes), or "" when it fits."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     shapes = [
-        name
+        f"{name} ({'×'.join(map(str, state_dict[name].shape))} in the weights, "
+        f"{'×'.join(map(str, tensor.shape))} in the network)"
         for name, tensor in expected.items()
         if name in state_dict and getattr(state_dict[name], "shape", None) != tensor.shape
     ]
@@ -157,13 +158,20 @@ def read_header(path: str | os.PathLike) -> dict | None:
     """A checkpoint's plain values (format, diffusion_config, training, ...) with every tensor read
     as None, without torch and without running anything the file names; None for a file that is
     not a readable checkpoint."""
+    payload = read_plain(path)
+    return payload if isinstance(payload, dict) and payload.get("format") == FORMAT else None
+
+
+def read_plain(path: str | os.PathLike):
+    """The plain values of any torch.save file (its dicts, lists, numbers and strings; every tensor
+    None), without torch and without running anything the file names; None for a file that is
+    not one."""
     try:
         with zipfile.ZipFile(path) as archive:
             name = next(member for member in archive.namelist() if member.endswith("/data.pkl"))
-            payload = _PlainDataUnpickler(archive.open(name)).load()
-    except Exception:  # noqa: BLE001 - not ours, or damaged: arbitrary bytes fail in arbitrary ways
+            return _PlainDataUnpickler(archive.open(name)).load()
+    except Exception:  # noqa: BLE001 - not a torch.save file, or damaged: bytes fail in arbitrary ways
         return None
-    return payload if isinstance(payload, dict) and payload.get("format") == FORMAT else None
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
@@ -171,10 +179,15 @@ class _PlainDataUnpickler(pickle.Unpickler):
     and nothing the file names is imported or run."""
 
     def find_class(self, module, name):
-        return _nothing
+        # A state dict is an OrderedDict (with its _metadata set as an attribute): read as a dict.
+        return _PlainDict if (module, name) == ("collections", "OrderedDict") else _nothing
 
     def persistent_load(self, pid):
         return None
+
+
+class _PlainDict(dict):
+    """A dict that takes attributes, as the OrderedDict of a state dict is given them."""
 
 
 def _nothing(*args, **kwargs):

@@ -10,8 +10,6 @@ the declared one's or less, the check names the key, the declared value and the 
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from .diffusion import DiffusionProcess
@@ -37,13 +35,13 @@ def reading_errors(
     errors = {"prediction_type": {}}
     output, _ = _output(diffusion, x_0, noise, t)
     for value in PREDICTION_TYPES:
-        reading = _reading(diffusion, prediction_type=value)
+        reading = diffusion.rebuilt(prediction_type=value)
         errors["prediction_type"][value] = _relative_error(output, reading.training_target(x_0, noise, t))
     if config.trained_betas is None and config.beta_schedule in BETA_SCHEDULES:
         errors["beta_schedule"] = {config.beta_schedule: errors["prediction_type"][config.prediction_type]}
         for value in BETA_SCHEDULES:
             if value != config.beta_schedule:
-                reading = _reading(diffusion, beta_schedule=value)
+                reading = diffusion.rebuilt(beta_schedule=value)
                 other, target = _output(reading, x_0, noise, t)
                 errors["beta_schedule"][value] = _relative_error(other, target)
     return errors
@@ -75,14 +73,6 @@ def describe_finding(finding: dict) -> str:
         f"the weights fit {finding['key']}: {finding['fits']} far better than the declared "
         f"{finding['declared']} (relative error {finding['fitting_error']:.3g} against "
         f"{finding['declared_error']:.3g}); check the model's config"
-    )
-
-
-def _reading(diffusion: DiffusionProcess, **changes) -> DiffusionProcess:
-    """The same network read with other process settings."""
-    config = dataclasses.replace(diffusion.config, **changes)
-    return DiffusionProcess(diffusion.model, config=config, sample_shape=diffusion.sample_shape).to(
-        diffusion.device
     )
 
 

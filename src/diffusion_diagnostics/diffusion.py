@@ -12,6 +12,7 @@ below are theirs.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -124,6 +125,9 @@ class SamplingOptions:
       no effect elsewhere.
     - ``timestep_spacing``, ``steps_offset``: which timesteps an S-step DDIM visits
       (:func:`ddim_timesteps`); DDPM always visits all T.
+    - ``use_clipped_model_output``: where DDIM clips x̂_0, take ε̂ again from the clipped x̂_0 for
+      the step (diffusers' DDIMScheduler option of that name; denoising-diffusion-pytorch's
+      ``ddim_sample`` always does); by default, as diffusers', ε̂ stays the network's.
     """
 
     clip_x0: bool | None = None
@@ -132,6 +136,7 @@ class SamplingOptions:
     cuda_graphs: bool = False
     timestep_spacing: str = "trailing"
     steps_offset: int = 0
+    use_clipped_model_output: bool = False
 
     def __post_init__(self):
         autocast_dtype(self.precision)
@@ -229,6 +234,13 @@ class DiffusionProcess(nn.Module):
         )
         # Views of this give per-step timestep tensors without allocating one per step.
         self.register_buffer("timestep_ids", torch.arange(self.timesteps), persistent=False)
+
+    def rebuilt(self, model: nn.Module | None = None, **changes) -> DiffusionProcess:
+        """This process around another network (``model``: a wrapper of this one, say) or read with
+        other settings (``changes`` of its config), on this process's device."""
+        config = dataclasses.replace(self.config, **changes) if changes else self.config
+        network = self.model if model is None else model
+        return DiffusionProcess(network, config=config, sample_shape=self.sample_shape).to(self.device)
 
     # The process's settings that the samplers and analyses read; the rest are in self.config.
     @property
@@ -508,9 +520,17 @@ class DiffusionProcess(nn.Module):
         watch: NonFiniteWatch | None,
         clip: bool,
         autocast: torch.dtype | None,
+        rederive: bool = False,
     ) -> torch.Tensor:
         sqrt_alpha_bar_prev, direction_scale, sigma = coefficients
         eps, x0 = self._denoise(x_t, t, clip, autocast, watch)
+        if rederive:
+            # ε̂ again from the clipped x̂_0 (diffusers' use_clipped_model_output): x_t = √ᾱ x̂_0 + √(1-ᾱ) ε̂
+            a, s = (
+                extract(self.sqrt_alpha_bars, t, x_t.ndim),
+                extract(self.sqrt_one_minus_alpha_bars, t, x_t.ndim),
+            )
+            eps = (x_t - a * x0) / s
         # x_prev = √ᾱ_prev x̂_0 + √(1 - ᾱ_prev - σ²) ε + σ z                             (DDIM eq. 12)
         x_prev = sqrt_alpha_bar_prev * x0 + direction_scale * eps
         if eta > 0:
@@ -555,11 +575,12 @@ class DiffusionProcess(nn.Module):
         steps_on_device = torch.tensor(steps, device=self.device)
         watch = NonFiniteWatch(x.device)
         clip, autocast = self._ddim_clips(options.clip_x0), autocast_dtype(options.precision)
+        rederive = clip and options.use_clipped_model_output
 
         def step(x: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
             t = steps[i] if isinstance(i, int) else at_step(steps_on_device, i)
             step_coefficients = tuple(at_step(values, i) for values in coefficients)
-            return self._ddim_update(x, t, step_coefficients, eta, generator, watch, clip, autocast)
+            return self._ddim_update(x, t, step_coefficients, eta, generator, watch, clip, autocast, rederive)
 
         x = self._run_steps(step, x, num_steps, generator, options, progress, desc)
         watch.raise_if_bad("DDIM sampling")

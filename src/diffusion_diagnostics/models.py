@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import lucidrains
 from .checkpoint import load_checkpoint, state_dict_mismatch
 from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError, first_line
@@ -54,7 +55,7 @@ SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
 UNET_CLASS = "UNet2DModel"
 WEIGHTS_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
-ENTRY_KEYS = ("entry_point", "weights", "kwargs", "sample_shape", "schedule")
+ENTRY_KEYS = ("entry_point", "weights", "kwargs", "sample_shape", "schedule", "trainer_weights")
 REQUIRED_ENTRY_KEYS = ("entry_point", "weights", "sample_shape")
 
 
@@ -446,7 +447,9 @@ def load_entry_point(spec: Mapping, device: torch.device | str = "cpu") -> tuple
     entry_point = entry["entry_point"]
     network = _build_network(entry_point, entry.get("kwargs") or {})
     weights = Path(entry["weights"])
-    state_dict = read_state_dict(weights)
+    state_dict, schedule, trainer = _entry_weights(entry, weights)
+    if trainer is not None:
+        lucidrains.check_network(network, f"weights {weights}")
     detail = state_dict_mismatch(network, state_dict)
     if detail:
         raise DiagnosticsError(
@@ -454,7 +457,6 @@ def load_entry_point(spec: Mapping, device: torch.device | str = "cpu") -> tuple
             "the state_dict() of that network, built with the same kwargs"
         )
     network.load_state_dict(state_dict)
-    schedule = entry.get("schedule") or {}
     diffusion = _diffusion_process(
         network, schedule, tuple(entry["sample_shape"]), f"model entry {entry_point}: schedule"
     )
@@ -464,9 +466,40 @@ def load_entry_point(spec: Mapping, device: torch.device | str = "cpu") -> tuple
         "entry_point": entry_point,
         "model": f"network {entry_point}",
     }
+    if trainer is not None:
+        info["trainer"] = trainer
+        info["model"] += f" ({trainer['weights']} weights of a denoising-diffusion-pytorch Trainer file"
+        info["model"] += f", step {trainer['step']})"
     info.update({key: schedule[key] for key in SAMPLING_KEYS if key in schedule})
     info["description"] = _describe(info["model"], f"weights {weights}", diffusion)
     return diffusion.to(device).eval(), info
+
+
+def _entry_weights(entry: Mapping, weights: Path) -> tuple[dict, dict, dict | None]:
+    """The network's state dict, the schedule and, for a denoising-diffusion-pytorch Trainer file,
+    what was read from it (which weights, its step): from a Trainer file, its EMA network (or the
+    online one, ``trainer_weights``) and the schedule of its own buffers; from any other file, the
+    state dict it is and the entry's ``schedule``."""
+    schedule = dict(entry.get("schedule") or {})
+    payload = read_state_dict(weights, allow=lucidrains.is_trainer_file)
+    if not lucidrains.is_trainer_file(payload):
+        if "trainer_weights" in entry:
+            raise DiagnosticsError(
+                f"weights {weights}: trainer_weights is for a denoising-diffusion-pytorch Trainer file, and "
+                "this is a plain state dict; leave trainer_weights out"
+            )
+        return payload, schedule, None
+    where = f"weights {weights}"
+    choice = entry.get("trainer_weights", "ema")
+    checkpoint = lucidrains.read_trainer_checkpoint(payload, choice, where)
+    other = sorted(set(schedule) - {"prediction_type"})
+    if other:
+        raise DiagnosticsError(
+            f"{where}: a Trainer file holds its own schedule; schedule may only give prediction_type, not "
+            f"{', '.join(other)}"
+        )
+    process = lucidrains.trainer_process(checkpoint, schedule.get("prediction_type"), where)
+    return checkpoint.network, process, {"weights": choice, "step": checkpoint.step}
 
 
 def _checked_entry(spec: Mapping) -> Mapping:
@@ -525,11 +558,14 @@ def _build_network(entry_point: str, kwargs: Mapping) -> nn.Module:
     return network
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a safetensors file, or from a PyTorch file with weights_only."""
+def read_state_dict(path: Path, allow=lambda content: False) -> dict:
+    """A state dict from a safetensors file, or from a PyTorch file with weights_only; a file
+    whose content ``allow`` accepts (a Trainer file of another codebase) is given as it is."""
     if not path.is_file():
         raise DiagnosticsError(f"weights {path}: no such file; save the network's state_dict() there")
     state_dict = _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch_weights(path)
+    if allow(state_dict):
+        return state_dict
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise DiagnosticsError(
             f"weights {path}: not a state dict (a dict of tensors); save the network's state_dict() there"

@@ -181,7 +181,7 @@ def sampler_table(
         runs, nfe, seconds = [], 0, 0.0
         for index, noise in enumerate(noises):
             counting = CountingNetwork(diffusion.model)
-            counted = DiffusionProcess(counting, config=diffusion.config, sample_shape=diffusion.sample_shape)
+            counted = diffusion.rebuilt(counting)
             started = time.perf_counter()
             images = _decode(counted, cell, noise, batch_size, seed + index)
             seconds += time.perf_counter() - started

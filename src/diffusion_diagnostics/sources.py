@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import read_process_config
+from .checkpoint import read_plain, read_process_config
 from .errors import DiagnosticsError
+from .lucidrains import is_trainer_file
 from .process_config import ProcessConfig
 
 TRAIN = "train"
@@ -116,6 +117,13 @@ def describe_source(source: str | Mapping, diffusion_settings: Mapping) -> str:
     workflow has been planned, and the description must not change from one run to the next.
     """
     if isinstance(source, Mapping):
+        trainer = read_plain(source["weights"]) if str(source["weights"]).endswith((".pt", ".pth")) else None
+        if is_trainer_file(trainer):
+            weights = source.get("trainer_weights", "ema")
+            return (
+                f"network {source['entry_point']} with the {weights} weights of denoising-diffusion-pytorch "
+                f"Trainer file {source['weights']} (step {trainer['step']}; its process: results' model.json)"
+            )
         schedule = source.get("schedule") or {}
         process = _summary(lambda: ProcessConfig.from_scheduler_config(schedule, "schedule"))
         return f"own network {source['entry_point']} with weights {source['weights']}, {process}"

@@ -223,7 +223,7 @@ class TrainingRun:
 
     def ema_diffusion(self) -> DiffusionProcess:
         """The EMA network with this run's schedule, for validation and the saved model."""
-        return DiffusionProcess(self.ema.model, config=self.diffusion.config).to(self.diffusion.device)
+        return self.diffusion.rebuilt(self.ema.model)
 
     def state_dict(self) -> dict:
         return {

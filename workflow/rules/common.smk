@@ -130,7 +130,13 @@ TRAJECTORY_OUTPUTS = (
 )
 # How every sampling rule runs its sampler (SamplingOptions; clipping is set per rule).
 SAMPLING = {
-    key: config[key] for key in ("precision", "timestep_spacing", "steps_offset")
+    key: config[key]
+    for key in (
+        "precision",
+        "timestep_spacing",
+        "steps_offset",
+        "use_clipped_model_output",
+    )
 }
 
 

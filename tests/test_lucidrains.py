@@ -1,0 +1,152 @@
+"""lucidrains' denoising-diffusion-pytorch: the checkpoint its own Trainer.save writes after a few
+steps on a handful of images, read as a new user gives it (an entry naming its Unet and the
+file), sampled and measured by this package as that codebase samples and measures it: our DDPM
+equals its p_sample_loop, our DDIM with its clipping its ddim_sample, our v-error its p_losses
+(unweighted), from the same noise."""
+
+from __future__ import annotations
+
+import denoising_diffusion_pytorch as ddp  # a test extra
+import pytest
+import torch
+
+from diffusion_diagnostics import SamplingOptions, load_model
+from diffusion_diagnostics.analysis import ForwardPass, prediction_errors
+from diffusion_diagnostics.lucidrains import objective_from_loss_weight
+
+from conftest import save_lucidrains_trainer_file
+from doubles import one_error_line
+
+UNET = {"dim": 8, "dim_mults": [1, 2], "channels": 1, "flash_attn": False}
+SIZE, T, DDIM_STEPS = 16, 20, 5
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return save_lucidrains_trainer_file(tmp_path_factory.mktemp("lucidrains"), UNET, SIZE, T, DDIM_STEPS)
+
+
+def entry(path, **changes) -> dict:
+    spec = {
+        "entry_point": "denoising_diffusion_pytorch:Unet",
+        "kwargs": UNET,
+        "weights": str(path),
+        "sample_shape": [1, SIZE, SIZE],
+    }
+    return {**spec, **changes}
+
+
+def test_the_trainer_file_is_read_with_its_ema_network_and_schedule(trained):
+    trainer, path = trained
+    diffusion, info = load_model(entry(path))
+    theirs = trainer.ema.ema_model
+    assert diffusion.config.prediction_type == "v_prediction"  # its default objective, from loss_weight
+    assert diffusion.timesteps == T and diffusion.config.clip_sample
+    # Its ᾱ from float64 βs, ours from its βs as the file stores them (float32): equal to 1e-4.
+    torch.testing.assert_close(diffusion.alphas_cumprod, theirs.alphas_cumprod, rtol=1e-4, atol=0)
+    x, t = torch.randn(2, 1, SIZE, SIZE), torch.tensor([3, 17])
+    with torch.no_grad():
+        torch.testing.assert_close(diffusion.model(x, t), theirs.model(x, t))
+        online, _ = load_model(entry(path, trainer_weights="online"))
+        torch.testing.assert_close(online.model(x, t), trainer.model.model(x, t))
+        assert not torch.equal(online.model(x, t), diffusion.model(x, t))
+    assert info["trainer"] == {"weights": "ema", "step": 2}
+    assert "ema weights of a denoising-diffusion-pytorch Trainer file, step 2" in info["description"]
+
+
+def test_our_ddpm_and_ddim_are_its_own_samplers(trained):
+    trainer, path = trained
+    diffusion, _ = load_model(entry(path))
+    theirs = trainer.ema.ema_model.eval()
+    shape = (4, 1, SIZE, SIZE)
+    with torch.no_grad():
+        torch.manual_seed(7)  # its samplers draw x_T and the step noise from the global generator
+        ddpm = theirs.p_sample_loop(shape)
+        torch.manual_seed(7)
+        ddim = theirs.ddim_sample(shape)
+    generator = torch.Generator().manual_seed(7)
+    x_T = torch.randn(shape, generator=generator)
+    ours_ddpm = diffusion.sample(x_T, generator=generator)
+    torch.testing.assert_close((ours_ddpm + 1) / 2, ddpm, rtol=0, atol=1e-4)
+    # Its DDIM clips x̂_0 and takes ε̂ again from the clipped x̂_0: our use_clipped_model_output.
+    clipped = SamplingOptions(clip_x0=True, use_clipped_model_output=True)
+    ours_ddim = diffusion.sample_ddim(x_T, DDIM_STEPS, options=clipped)
+    torch.testing.assert_close((ours_ddim + 1) / 2, ddim, rtol=0, atol=1e-4)
+    assert (diffusion.sample_ddim(x_T, DDIM_STEPS, options=SamplingOptions(clip_x0=True)) != ours_ddim).any()
+
+
+def test_our_error_per_sample_is_its_unweighted_loss(trained):
+    trainer, path = trained
+    diffusion, _ = load_model(entry(path))
+    theirs = trainer.ema.ema_model
+    generator = torch.Generator().manual_seed(1)
+    x_0 = torch.rand((6, 1, SIZE, SIZE), generator=generator) * 2 - 1
+    t = torch.tensor([0, 3, 7, 11, 15, 19])
+    noise = torch.randn(x_0.shape, generator=generator)
+    with torch.no_grad():
+        weighted = theirs.p_losses(x_0, t, noise=noise, loss_reduction="none")
+        x_t, _ = diffusion.add_noise(x_0, t, noise=noise)
+        eps, x0_predicted = diffusion.eps_and_x0(x_t, t, diffusion.model(x_t, t))
+    errors = prediction_errors(diffusion, ForwardPass(0, x_0, t, noise, x_t, eps, x0_predicted))
+    torch.testing.assert_close(errors["v"].float(), weighted / theirs.loss_weight[t], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("objective", "min_snr", "declared"),
+    [("pred_noise", False, "epsilon"), ("pred_x0", False, "sample"), ("pred_v", False, "v_prediction"),
+     ("pred_noise", True, "epsilon"), ("pred_v", True, "v_prediction")],
+)  # fmt: skip
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "sigmoid"])
+def test_the_objective_is_read_from_the_loss_weights(objective, min_snr, declared, schedule):
+    settings = {
+        "objective": objective,
+        "beta_schedule": schedule,
+        "min_snr_loss_weight": min_snr,
+        "min_snr_gamma": 5,
+    }
+    diffusion = ddp.GaussianDiffusion(ddp.Unet(**UNET), image_size=SIZE, timesteps=1000, **settings)
+    read, gamma = objective_from_loss_weight(diffusion.betas.float(), diffusion.loss_weight)
+    assert read == declared and gamma == (pytest.approx(5.0, rel=1e-3) if min_snr else None)
+
+
+def test_what_cannot_be_read_is_one_error_line(trained, tmp_path):
+    _, path = trained
+    one_error_line(
+        lambda: load_model(entry(path, kwargs={**UNET, "dim": 16})),
+        "init_conv.weight (8×1×7×7 in the weights, 16×1×7×7 in the network)",
+    )
+    one_error_line(
+        lambda: load_model(entry(path, kwargs={**UNET, "self_condition": True})), "self-conditioned"
+    )
+    one_error_line(
+        lambda: load_model(entry(path, schedule={"prediction_type": "epsilon"})),
+        "loss_weight is v_prediction's",
+    )
+    one_error_line(
+        lambda: load_model(entry(path, schedule={"beta_schedule": "linear"})), "may only give prediction_type"
+    )
+    one_error_line(
+        lambda: load_model(entry(path, trainer_weights="best")), "trainer_weights 'best' is unknown"
+    )
+    payload = torch.load(path, weights_only=True)
+    del payload["ema"]["ema_model.betas"]
+    payload["ema"] = {key: value for key, value in payload["ema"].items() if not key.startswith("ema_model.")}
+    without_ema = tmp_path / "no-ema.pt"
+    torch.save(payload, without_ema)
+    one_error_line(lambda: load_model(entry(without_ema)), "no ema entry", "trainer_weights: online")
+    assert load_model(entry(without_ema, trainer_weights="online"))[0].timesteps == T
+    plain = tmp_path / "plain.pt"
+    torch.save(payload["model"], plain)
+    one_error_line(lambda: load_model(entry(plain, trainer_weights="ema")), "trainer_weights is for")
+
+
+def test_the_planner_says_what_the_file_is_without_torch(trained):
+    """describe_source (the report's captions) reads the Trainer file's plain values only."""
+    _, path = trained
+    from diffusion_diagnostics.sources import describe_source
+
+    line = describe_source(entry(path, trainer_weights="online"), {})
+    assert line == (
+        f"network denoising_diffusion_pytorch:Unet with the online weights of denoising-diffusion-pytorch "
+        f"Trainer file {path} (step 2; its process: results' model.json)"
+    )

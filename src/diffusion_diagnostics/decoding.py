@@ -81,7 +81,7 @@ class Sampler:
         it lacks, fewer steps than it needs, the model's prediction type), before anything is
         decoded."""
         if self.kind == "ddim":
-            dataclasses.replace(self.options, timestep_spacing=self.timestep_spacing)
+            self.ddim_options()
         elif self.kind not in OURS:
             from .solvers import check_step
 
@@ -105,11 +105,16 @@ class Sampler:
         if shared_noise != 1:
             raise DiagnosticsError(f"shared per-step noise is DDPM's; sampler {self.label} takes none")
         if self.kind == "ddim":
-            options = dataclasses.replace(self.options, timestep_spacing=self.timestep_spacing)
-            return diffusion.sample_ddim(noise, self.steps, self.eta, generator, progress, desc, options)
+            return diffusion.sample_ddim(
+                noise, self.steps, self.eta, generator, progress, desc, self.ddim_options()
+            )
         from .solvers import solve
 
         return solve(diffusion, self._scheduler(diffusion), self.steps, noise, generator)[0]
+
+    def ddim_options(self) -> SamplingOptions:
+        """The options with this sampler's spacing (one error line for a spacing DDIM lacks)."""
+        return dataclasses.replace(self.options, timestep_spacing=self.timestep_spacing)
 
     def _scheduler(self, diffusion: DiffusionProcess):
         try:
@@ -174,7 +179,7 @@ def invert(
     clipped), batch by batch: the noise that ``sampler`` at η = 0, unclipped, decodes back to them."""
     if sampler.kind != "ddim":
         raise DiagnosticsError(f"inversion runs DDIM backwards; sampler {sampler.label} cannot be inverted")
-    options = dataclasses.replace(sampler.options, timestep_spacing=sampler.timestep_spacing)
+    options = sampler.ddim_options()
 
     def run(batch, desc):
         return diffusion.ddim_invert(batch, sampler.steps, progress, options)
@@ -197,13 +202,13 @@ def interpolation_grid(
     """Decode the interpolated noise between given endpoints by ``sampler`` (DDPM when None);
     images ``(n, steps, C, H, W)`` in [-1, 1], row i the path from z0[i] to z1[i].
 
-    ``shared_noise`` (DDPM): every image of a row gets the same per-step noise, so a row changes
-    only with its starting noise (common random numbers).
+    ``shared_noise`` (DDPM; no effect on the other samplers): every image of a row gets the same
+    per-step noise, so a row changes only with its starting noise (common random numbers).
     """
     sampler = sampler or Sampler("ddpm")
     latents = interpolate(z0.float(), z1.float(), steps, interpolation).flatten(0, 1)
-    group = steps if shared_noise else 1
-    if shared_noise and sampler.kind == "ddpm" and batch_size >= 1:
+    group = steps if shared_noise and sampler.kind == "ddpm" else 1  # the other samplers: no effect
+    if group > 1 and batch_size >= 1:
         # A row's images must share a batch to share its noise: whole rows per batch.
         batch_size = max(steps, batch_size - batch_size % steps)
     images = decode(diffusion, sampler, latents, batch_size, generator, group, progress)

@@ -37,6 +37,7 @@ from conftest import (
     planned_jobs,
     run_snakemake,
     save_diffusers_folder,
+    save_lucidrains_trainer_file,
     tiny_config,
     tree_digest,
 )
@@ -44,8 +45,8 @@ from conftest import (
 pytestmark = pytest.mark.workflow
 
 # Taken to every output; taken to what shows how they were read.
-WHOLE, READ_ONLY_AS_FAR = ("folder",), ("given", "small", "hub", "own")
-MODELS = ("given", "small", "folder", "hub", "own")
+WHOLE, READ_ONLY_AS_FAR = ("folder",), ("given", "small", "hub", "own", "lucid")
+MODELS = ("given", "small", "folder", "hub", "own", "lucid")
 # What model.json calls each model's kind.
 KINDS = {
     "given": "checkpoint",
@@ -53,6 +54,7 @@ KINDS = {
     "folder": "diffusers",
     "hub": "diffusers",
     "own": "entry_point",
+    "lucid": "entry_point",
 }
 HUB_REPOSITORY = "owner/flat-ddpm"
 PER_MODEL_OUTPUTS = [
@@ -98,6 +100,8 @@ def sweep_config(workdir) -> tuple[dict, dict]:
     ``workdir``), by model."""
     config = tiny_config()
     config["quality"]["interpolation_variants"] = VARIANTS
+    # Every model's sampler table (ours and a diffusers solver, one step count) and their comparison.
+    config["samplers"].update(samplers=["ddim", "euler"], steps=[2], seeds=1)
     torch.manual_seed(0)
     given = workdir / "given_model.pt"
     save_checkpoint(given, UNet(**config["model"]), config["diffusion"])
@@ -110,6 +114,9 @@ def sweep_config(workdir) -> tuple[dict, dict]:
     )
     weights = workdir / "own.pt"
     torch.save(own_network.build().state_dict(), weights)
+    # lucidrains' Trainer file, as its own Trainer.save wrote it, with its Unet's arguments.
+    lucid_unet = {"dim": 8, "dim_mults": [1, 2], "channels": 1, "flash_attn": False}
+    _, trainer_file = save_lucidrains_trainer_file(workdir / "lucidrains", lucid_unet, 28, 20, 5)
     # Paths relative to the working directory, as a user writes them.
     config["models"] = {
         "given": {"checkpoint": given.name},
@@ -124,8 +131,16 @@ def sweep_config(workdir) -> tuple[dict, dict]:
                 "schedule": scheduler(prediction_type="sample"),
             }
         },
+        "lucid": {
+            "checkpoint": {
+                "entry_point": "denoising_diffusion_pytorch:Unet",
+                "kwargs": lucid_unet,
+                "weights": str(trainer_file.relative_to(workdir)),
+                "sample_shape": [1, 28, 28],
+            }
+        },
     }
-    return config, {"given": given, "folder": folder, "own": weights}
+    return config, {"given": given, "folder": folder, "own": weights, "lucid": trainer_file}
 
 
 def sweep_targets() -> list[str]:
@@ -135,6 +150,10 @@ def sweep_targets() -> list[str]:
         COMPARE_CSV,
         COMPARE_PNG,
     ]
+
+
+# Besides the files: the rule that builds every model's sampler table and their comparison.
+SAMPLER_TARGET = "samplers"
 
 
 @contextlib.contextmanager
@@ -201,7 +220,15 @@ def sweep_run(tmp_path_factory):
     with serving_the_hub_model(tmp_path_factory.mktemp("served") / "flat-ddpm"):
         # Targets after --cores: the options before and after take several values each.
         result = run_snakemake(
-            workdir, "--cores", "2", *sweep_targets(), "--resources", "gpu=1", config=config, timeout=1500
+            workdir,
+            "--cores",
+            "2",
+            *sweep_targets(),
+            SAMPLER_TARGET,
+            "--resources",
+            "gpu=1",
+            config=config,
+            timeout=1500,
         )
     assert result.returncode == 0, result.stdout + result.stderr
     assert {name: tree_digest(path) for name, path in users_files.items()} == before, "a user's file changed"
@@ -247,6 +274,17 @@ def test_every_kind_of_model_is_read_as_what_it_is(sweep_run):
     assert (workdir / "resources/models/owner--flat-ddpm/diffusion_pytorch_model.bin").is_file()
     assert "owner--flat-ddpm" in (workdir / "logs/hub/describe_model.log").read_text()
     assert cards["own"]["process"]["prediction_type"] == "sample"
+    # lucidrains' Trainer file: its EMA network, its own βs (sigmoid), its objective from loss_weight.
+    assert cards["lucid"]["process"]["prediction_type"] == "v_prediction"
+    assert "trained betas, T = 20" in cards["lucid"]["description"]
+    assert cards["lucid"]["details"]["trainer"] == {"weights": "ema", "step": 2}
+    # Every model's config checked against its weights: each prediction type read, and the named
+    # schedules; these untrained networks fit no reading far better than another.
+    for card in cards.values():
+        assert set(card["config_check"]["relative_errors"]["prediction_type"]) == {
+            "epsilon", "v_prediction", "sample"
+        }  # fmt: skip
+        assert card["config_check"]["findings"] == []
 
     # Noise in each model's shape; the grids and the judge see 28 x 28 digits whatever the model.
     z0, _ = load_endpoints(workdir / "results/folder/noise/ddim_endpoints.pt")
@@ -278,6 +316,23 @@ def test_comparison_csv_is_the_per_model_csvs_with_a_model_column(sweep_run):
     assert [row["mse"] for row in combined[:buckets]] != [row["mse"] for row in combined[buckets:]]
 
 
+def test_every_model_has_its_sampler_table_and_the_comparison_has_them_all(sweep_run):
+    """RGB 32 x 32 v-prediction, an entry point predicting x_0, a Hub folder, ours: each model's
+    table has the floor and a row per sampler; the comparison is the tables with a model column."""
+    workdir, _ = sweep_run
+    combined = read_csv(workdir / "results/compare/samplers.csv")
+    for model in MODELS:
+        own = read_csv(workdir / "results" / model / "samplers/samplers.csv")
+        rows = [(row["sampler"], row["nfe"]) for row in own]
+        assert rows == [("floor (training digits)", ""), ("ddim", "2"), ("euler", "2")]
+        assert all(float(row["frechet_distance"]) > 0 for row in own)
+        assert [
+            {k: v for k, v in row.items() if k != "model"} for row in combined if row["model"] == model
+        ] == own
+    with Image.open(workdir / "results/compare/samplers.png") as image:
+        assert image.size[0] > 300 * len(MODELS) // 2
+
+
 def test_comparison_png_and_grids_are_images(sweep_run):
     workdir, config = sweep_run
     with Image.open(workdir / COMPARE_PNG) as image:
@@ -291,7 +346,7 @@ def test_comparison_png_and_grids_are_images(sweep_run):
 
 def test_rerun_of_the_sweep_has_nothing_to_do(sweep_run):
     workdir, config = sweep_run
-    result = run_snakemake(workdir, "--cores", "1", *sweep_targets(), "-n", config=config)
+    result = run_snakemake(workdir, "--cores", "1", *sweep_targets(), SAMPLER_TARGET, "-n", config=config)
     assert result.returncode == 0, result.stderr
     assert "Nothing to be done" in result.stdout + result.stderr
 

@@ -150,3 +150,34 @@ def test_the_planner_says_what_the_file_is_without_torch(trained):
         f"network denoising_diffusion_pytorch:Unet with the online weights of denoising-diffusion-pytorch "
         f"Trainer file {path} (step 2; its process: results' model.json)"
     )
+
+
+def test_the_trainer_file_on_its_own_is_read_with_the_unet_its_weights_tell(trained):
+    """checkpoint: model-N.pt alone: dim, dim_mults and channels from the weights' shapes, the
+    rest of its Unet's defaults, at the digits' size (the file holds no image size)."""
+    trainer, path = trained
+    diffusion, info = load_model(path)
+    given, _ = load_model(entry(path))
+    assert diffusion.sample_shape == (1, 28, 28) and info["trainer"] == {"weights": "ema", "step": 2}
+    x, t = torch.randn(2, 1, SIZE, SIZE), torch.tensor([3, 17])
+    with torch.no_grad():
+        torch.testing.assert_close(diffusion.model(x, t), given.model(x, t))
+    from diffusion_diagnostics.sources import describe_source
+
+    assert describe_source(str(path), {}) == (
+        f"denoising-diffusion-pytorch Trainer file {path} (step 2; its process: model.json)"
+    )
+    # Its results folder given as if it were a diffusers folder: named for what it is.
+    one_error_line(
+        lambda: load_model(path.parent), "a denoising-diffusion-pytorch results folder", "model-2.pt"
+    )
+
+
+def test_a_trainer_file_whose_unet_its_weights_do_not_tell_asks_for_its_arguments(tmp_path):
+    """A Unet built with arguments the shapes do not show (attention heads) cannot be guessed."""
+    other = {**UNET, "attn_heads": 2, "attn_dim_head": 8}
+    _, path = save_lucidrains_trainer_file(tmp_path, other, SIZE, T, DDIM_STEPS)
+    one_error_line(
+        lambda: load_model(path), "could not be built from its weights alone", "entry with its Unet's"
+    )
+    assert load_model(entry(path, kwargs=other))[0].timesteps == T

@@ -122,6 +122,22 @@ def trainer_process(checkpoint: TrainerCheckpoint, declared: str | None, where: 
     }
 
 
+def unet_arguments(network: Mapping) -> dict:
+    """Its ``Unet``'s constructor arguments as far as the weights' shapes tell them (``dim``,
+    ``dim_mults``, ``channels``), the rest left at its defaults: ``dim`` from the time MLP (4 · dim
+    wide), each level's width from its first block, the innermost from the middle block."""
+    dim = network["time_mlp.1.weight"].shape[0] // 4
+    levels = sorted({int(key.split(".")[1]) for key in network if key.startswith("downs.")})
+    widths = [network[f"downs.{level}.0.block1.proj.weight"].shape[0] for level in levels[1:]]
+    widths.append(network["mid_block1.block1.proj.weight"].shape[0])
+    return {
+        "dim": dim,
+        "dim_mults": [width // dim for width in widths],
+        "channels": network["final_conv.weight"].shape[0],
+        "flash_attn": False,
+    }
+
+
 def check_network(network, where: str) -> None:
     """Refuse what the samplers here cannot call as model(x_t, t) with one output per channel."""
     if getattr(network, "self_condition", False):

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from . import lucidrains
-from .checkpoint import load_checkpoint, state_dict_mismatch
+from .checkpoint import load_checkpoint, read_plain, state_dict_mismatch
 from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError, first_line
 from .process_config import SAMPLING_KEYS, SCHEDULER_KEYS, ProcessConfig
@@ -85,6 +85,8 @@ def load_model(
     if path.is_dir():
         return load_diffusers_folder(path, device)
     if path.is_file():
+        if lucidrains.is_trainer_file(read_plain(path)):
+            return load_trainer_file(path, device)
         return _load_own_checkpoint(path, device)
     raise DiagnosticsError(
         f"model {path}: no such file or folder; point checkpoint: at a checkpoint file, a diffusers "
@@ -105,6 +107,44 @@ def _load_own_checkpoint(path: Path, device: torch.device | str) -> tuple[Diffus
         "training": training,
     }
     return diffusion, {**info, "description": _describe(info["model"], f"checkpoint {path}", diffusion)}
+
+
+# A Trainer file holds no image size: its network is read at the digits' size.
+TRAINER_FILE_SAMPLE_SIZE = (28, 28)
+
+
+def load_trainer_file(path: Path, device: torch.device | str = "cpu") -> tuple[DiffusionProcess, dict]:
+    """A denoising-diffusion-pytorch Trainer file given on its own: its EMA ``Unet`` built with the
+    arguments its weights' shapes tell (lucidrains.unet_arguments), at the digits' size. A Unet
+    built with other arguments is one error line saying to give them in an entry."""
+    payload = _read_torch_weights(path)
+    has_ema = isinstance(payload.get("ema"), Mapping) and any(
+        key.startswith("ema_model.") for key in payload["ema"]
+    )
+    checkpoint = lucidrains.read_trainer_checkpoint(
+        payload, "ema" if has_ema else "online", f"weights {path}"
+    )
+    try:
+        arguments = lucidrains.unet_arguments(checkpoint.network)
+    except (KeyError, IndexError):
+        arguments = None
+    entry = {
+        "entry_point": "denoising_diffusion_pytorch:Unet",
+        "kwargs": arguments,
+        "weights": str(path),
+        "sample_shape": [arguments["channels"] if arguments else 3, *TRAINER_FILE_SAMPLE_SIZE],
+        "trainer_weights": "ema" if has_ema else "online",
+    }
+    try:
+        if arguments is None:
+            raise DiagnosticsError("its weights are not a Unet's of a known shape")
+        return load_entry_point(entry, device)
+    except DiagnosticsError as error:
+        raise DiagnosticsError(
+            f"{path}: a denoising-diffusion-pytorch Trainer file whose Unet could not be built from its "
+            f"weights alone ({first_line(str(error))}); give it as the weights of an entry with its Unet's "
+            "arguments (docs/your-model.md, lucidrains' denoising-diffusion-pytorch)"
+        ) from None
 
 
 def _import_extra(module: str, purpose: str):
@@ -189,6 +229,13 @@ def find_diffusers_folder(path: Path) -> DiffusersFolder:
     """Which of the two layouts ``path`` has (.sources.locate_diffusers_folder); anything else is
     one line saying what was expected."""
     folder = locate_diffusers_folder(path)
+    trainer_files = sorted(path.glob("model-*.pt")) if folder is None else []
+    if any(lucidrains.is_trainer_file(read_plain(file)) for file in trainer_files):
+        raise DiagnosticsError(
+            f"model folder {path}: a denoising-diffusion-pytorch results folder, not a diffusers one; point "
+            f"checkpoint: at one of its Trainer files ({trainer_files[-1].name}, ...) or give one as the "
+            "weights of an entry with its Unet's arguments"
+        )
     if folder is None:
         raise DiagnosticsError(
             f"model folder {path}: neither a diffusers pipeline folder (model_index.json, unet/, scheduler/) "

@@ -139,6 +139,10 @@ def describe_source(source: str | Mapping, diffusion_settings: Mapping) -> str:
         scheduler = folder.scheduler_config
         process = _summary(lambda: ProcessConfig.from_scheduler_config(_read_json(scheduler), "scheduler"))
         return f"diffusers folder {path} ({folder.layout} layout), {process}"
+    plain = read_plain(path)
+    if is_trainer_file(plain):
+        step = plain["step"]
+        return f"denoising-diffusion-pytorch Trainer file {path} (step {step}; its process: model.json)"
     config = read_process_config(path)
     return f"checkpoint {path}" + (f", {config.summary()}" if config else "")
 

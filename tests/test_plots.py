@@ -319,3 +319,58 @@ def test_each_plot_writes_the_same_png_every_time(tmp_path, name):
     # Nor a date: the workflow's outputs are byte-identical run to run.
     assert (tmp_path / "one.png").read_bytes() == (tmp_path / "two.png").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.png", "rows.csv", "two.png"]
+
+
+# --- the sampler table -----------------------------------------------------------------------------
+
+
+def sampler_rows() -> list[dict]:
+    """A table as sampler_table writes it: the floor, then two samplers at two NFE, one error falling
+    at order 2 (0.1 at 10 NFE, 0.025 at 20)."""
+    from diffusion_diagnostics.sampler_table import FLOOR, SAMPLER_COLUMNS
+
+    def row(sampler, nfe, distance, ode, spread=None):
+        values = {"sampler": sampler, "spacing": "trailing", "steps": nfe, "nfe": nfe, "seeds": 2,
+                  "frechet_distance": distance, "frechet_distance_spread": spread, "kid": distance / 10,
+                  "kid_spread": None, "ode_rmse": ode}  # fmt: skip
+        return {column: values.get(column) for column in SAMPLER_COLUMNS}
+
+    floor = {**row(FLOOR, None, 2.0, None, 0.5), "spacing": "", "steps": None}
+    return [
+        floor,
+        row("ddim", 10, 9.0, 0.1, 1.0),
+        row("ddim", 20, 5.0, 0.025, 1.0),
+        row("heun", 19, 4.0, 0.01),
+    ]
+
+
+def test_sampler_table_figure_draws_the_floor_band_the_spreads_and_each_order(tmp_path):
+    from diffusion_diagnostics.plots import sampler_table_figure
+
+    rows = read_back(sampler_rows(), tmp_path)
+    figure = sampler_table_figure(rows, {"sentence": "ddim (trailing) at 20 NFE"})
+    frechet, _, ode = figure.axes
+    assert "ddim (trailing) at 20 NFE" in figure._suptitle.get_text()
+    [band] = frechet.patches  # the floor: its mean ± spread
+    assert band.get_label() == "floor ± spread" and band.get_extents().height > 0
+    labels = ode.get_legend_handles_labels()[1]
+    assert labels == ["ddim (trailing): order 2.00"]  # heun's one point fits no slope
+    assert frechet.get_xlim() == pytest.approx((10 / 1.5, 20 * 1.5))
+
+
+def test_sampler_grid_and_comparison_figures_label_every_cell_and_model(tmp_path):
+    import torch
+
+    from diffusion_diagnostics.plots import sampler_comparison_figure, sampler_grid_figure
+
+    previews = {
+        "ddim (trailing), 10 NFE": torch.zeros(8, 1, 28, 28),
+        "heun (trailing), 19 NFE": torch.ones(8, 1, 28, 28),
+    }
+    [grid] = sampler_grid_figure(previews).axes
+    assert [label.get_text() for label in grid.get_yticklabels()] == list(previews)
+    rows = read_back(sampler_rows(), tmp_path)
+    figure = sampler_comparison_figure({"a": rows, "b": rows, "c": rows, "d": rows})
+    shown = [axes for axes in figure.axes if axes.get_visible()]
+    assert [axes.get_title() for axes in shown] == [f"{model}: Fréchet distance" for model in "abcd"]
+    assert len(figure.axes) == 6  # two rows of three, the last two hidden

@@ -481,6 +481,7 @@ def sampler_table_figure(rows: list[dict], recommendation: dict | None = None) -
         (ode, "RMSE to the same sampler's many-step answer"),
     ):
         axes.set_xscale("log")
+        axes.set_xlim(*_nfe_limits(rows))
         axes.set_xlabel("network evaluations (counted)")
         axes.set_title(title)
         axes.grid(alpha=0.3, which="both")
@@ -493,6 +494,12 @@ def sampler_table_figure(rows: list[dict], recommendation: dict | None = None) -
             f"Fewest NFE within the noise of the best: {recommendation['sentence']}", fontsize="medium"
         )
     return figure
+
+
+def _nfe_limits(rows: list[dict]) -> tuple[float, float]:
+    """The NFE axis's range, set from the rows: a log axis autoscaled on one NFE alone collapses."""
+    nfe = [int(row["nfe"]) for row in rows if row["sampler"] != FLOOR] or [1]
+    return min(nfe) / 1.5, max(nfe) * 1.5
 
 
 def _sampler_lines(rows: list[dict]) -> dict[str, list[dict]]:
@@ -537,19 +544,26 @@ def sampler_grid_figure(previews: dict) -> Figure:
 
 
 def sampler_comparison_figure(tables: dict[str, list[dict]]) -> Figure:
-    """A sweep's sampler tables side by side: each model's Fréchet distance against NFE, with its
-    floor band, on one shared y axis."""
+    """A sweep's sampler tables side by side, up to three in a row: each model's Fréchet distance
+    against NFE, with its floor band, on one shared y axis."""
+    columns = min(3, len(tables))
+    rows = -(-len(tables) // columns)
     figure, axes = plt.subplots(
-        1, len(tables), figsize=(5 * len(tables), 4.2), sharey=True, layout="constrained"
-    )
-    for panel, (model, rows) in zip(list(getattr(axes, "flat", [axes])), tables.items(), strict=True):
-        _draw_sampler_distances(panel, rows, "frechet_distance")
+        rows, columns, figsize=(5 * columns, 4.2 * rows), sharex=True, sharey=True, squeeze=False,
+        layout="constrained",
+    )  # fmt: skip
+    limits = _nfe_limits([row for table in tables.values() for row in table])
+    for panel, (model, table) in zip(axes.flat, tables.items(), strict=False):  # panels may be left over
+        _draw_sampler_distances(panel, table, "frechet_distance")
         panel.set_xscale("log")
         panel.set_yscale("log")
+        panel.set_xlim(*limits)
         panel.set_xlabel("network evaluations (counted)")
         panel.set_title(f"{model}: Fréchet distance", fontsize="medium")
         panel.grid(alpha=0.3, which="both")
         panel.legend(fontsize="x-small")
+    for panel in list(axes.flat)[len(tables) :]:
+        panel.set_visible(False)
     return figure
 
 

@@ -256,12 +256,15 @@ class HubRequestHandler(BaseHTTPRequestHandler):
 def save_diffusers_folder(
     path: Path, layout: str, sample_size: int = 16, safe: bool = True, channels: int = 1, **scheduler
 ) -> Path:
-    """A tiny UNet2DModel of ``channels`` and a DDPMScheduler (keys: ``scheduler``) saved by
-    diffusers' own save_pretrained: as a pipeline (model_index.json, unet/, scheduler/) or flat,
-    side by side."""
+    """A tiny UNet2DModel of ``channels`` (twice as many out for a learned_range variance) and a
+    DDPMScheduler (keys: ``scheduler``) saved by diffusers' own save_pretrained: as a pipeline
+    (model_index.json, unet/, scheduler/) or flat, side by side."""
     import diffusers
 
-    unet = tiny_unet2d(sample_size=sample_size, in_channels=channels, out_channels=channels)
+    learned = scheduler.get("variance_type") == "learned_range"
+    unet = tiny_unet2d(
+        sample_size=sample_size, in_channels=channels, out_channels=channels * (2 if learned else 1)
+    )
     schedule = diffusers.DDPMScheduler(**{"num_train_timesteps": 20, **scheduler})
     if layout == "pipeline":
         diffusers.DDPMPipeline(unet=unet, scheduler=schedule).save_pretrained(path, safe_serialization=safe)

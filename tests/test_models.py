@@ -487,7 +487,6 @@ def test_huggingface_hub_not_installed_says_how_to_install(tmp_path, monkeypatch
         ("beta_schedule", "no_such_schedule"),
         ("beta_schedule", "sigmoid"),  # diffusers has it, the samplers here do not
         ("prediction_type", "flow"),
-        ("variance_type", "learned_range"),
         ("variance_type", "learned"),
         ("thresholding", True),
         ("rescale_betas_zero_snr", True),

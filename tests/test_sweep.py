@@ -110,7 +110,8 @@ def sweep_config(workdir) -> tuple[dict, dict]:
         "pipeline",
         sample_size=32,
         channels=3,  # RGB, as diffusers' train_unconditional.py trains on MNIST
-        **scheduler(prediction_type="v_prediction", variance_type="fixed_large", clip_sample=True),
+        # A variance of its own (improved-diffusion's learn_sigma): 6 channels out.
+        **scheduler(prediction_type="v_prediction", variance_type="learned_range", clip_sample=True),
     )
     weights = workdir / "own.pt"
     torch.save(own_network.build().state_dict(), weights)
@@ -266,7 +267,7 @@ def test_every_kind_of_model_is_read_as_what_it_is(sweep_run):
     assert cards["folder"]["sample_shape"] == [3, 32, 32] and cards["folder"]["digits"].startswith("padded")
     assert "in R, G and B alike" in cards["folder"]["digits"]
     assert cards["folder"]["process"]["prediction_type"] == "v_prediction"
-    assert cards["folder"]["process"]["variance_type"] == "fixed_large"
+    assert cards["folder"]["process"]["variance_type"] == "learned_range"
     assert (
         cards["hub"]["details"]["layout"] == "flat" and cards["hub"]["checkpoint"] == f"hf:{HUB_REPOSITORY}"
     )

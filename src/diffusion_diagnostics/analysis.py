@@ -24,6 +24,7 @@ from .bound import (
     estimate_bound,
     exact_bound,
     on_8bit_grid,
+    predicted,
     prior_bpd,
 )
 from .diffusion import DiffusionProcess
@@ -146,6 +147,7 @@ class ForwardPass:
     x_t: torch.Tensor
     eps: torch.Tensor
     x0_predicted: torch.Tensor
+    log_variance: torch.Tensor | None = None  # the network's own, for a learned variance
 
 
 def forward_passes(
@@ -168,8 +170,7 @@ def forward_passes(
         noise = torch.randn(x_0.shape, generator=generator)
         t, noise = t.to(device), noise.to(device)
         x_t, _ = diffusion.add_noise(x_0, t, noise=noise)
-        eps, x0_predicted = diffusion.eps_and_x0(x_t, t, diffusion.model(x_t, t))
-        yield ForwardPass(index, x_0, t, noise, x_t, eps, x0_predicted)
+        yield ForwardPass(index, x_0, t, noise, x_t, *predicted(diffusion, x_t, t))
         seen += len(x_0)
 
 
@@ -300,7 +301,7 @@ def measure(
         for name, values in prediction_errors(diffusion, step, finite_only).items():
             columns[name].append(values)
         columns["term"].append(
-            bound_terms_bpd(diffusion, step.x_0, step.x_t, step.t, step.x0_predicted).cpu()
+            bound_terms_bpd(diffusion, step.x_0, step.x_t, step.t, step.x0_predicted, step.log_variance).cpu()
         )
         columns["decoder"].append(decoder_pass(diffusion, step.x_0, decoder_generator, finite_only))
         columns["prior"].append(prior_bpd(diffusion, step.x_0).cpu())

@@ -9,8 +9,10 @@ L_t: the decoder at index 0, a KL at every other index, and the prior after the 
 
 Conventions at the chain's start follow improved-diffusion (Nichol & Dhariwal 2021): β̃_0 = 0, so
 wherever a log-variance is needed at index 0 it is β̃_1's; with ``fixed_large`` the reverse variance
-is β_t from index 1 on. The model's mean is μ̃(x_t, x̂_0) with x̂_0 as the network gives it, never
-clipped, since clipping is a sampling choice and not part of p_θ. All arithmetic is float64.
+is β_t from index 1 on; with ``learned_range`` it is the network's own (improved-diffusion eq. 15,
+:meth:`DiffusionProcess.learned_log_variance`), at index 0 between log β_0 and log β̃_1. The
+model's mean is μ̃(x_t, x̂_0) with x̂_0 as the network gives it, never clipped, since clipping is a
+sampling choice and not part of p_θ. All arithmetic is float64.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError
 from .strata import bucket_covariance, bucket_moments, raise_if_not_finite
 
-BOUND_VARIANCE_TYPES = ("fixed_small", "fixed_large")
+BOUND_VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
 PIXEL_LEVELS = 256
 # Draws a cell of the bound's estimate expects (kl_cells): enough for a variance, few enough that
 # the cells follow L_t where it changes fast.
@@ -136,21 +138,27 @@ def kl_term_bpd(
     x_t: torch.Tensor,
     t: torch.Tensor,
     x0_predicted: torch.Tensor,
+    log_variance: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """L_t = KL(q(x_{t-1} | x_t, x_0) ‖ p_θ(x_{t-1} | x_t)) per sample (index t ≥ 1), bits/dim."""
+    """L_t = KL(q(x_{t-1} | x_t, x_0) ‖ p_θ(x_{t-1} | x_t)) per sample (index t ≥ 1), bits/dim;
+    ``log_variance``: p_θ's own, elementwise, for a learned variance (None: the fixed one)."""
     true_mean, _ = diffusion.posterior_mean_variance(x_t, t, x_0)
     model_mean, _ = diffusion.posterior_mean_variance(x_t, t, x0_predicted)
     log_var_q = _broadcast(posterior_log_variance(diffusion), t, x_t.ndim)
-    log_var_p = _broadcast(reverse_log_variance(diffusion), t, x_t.ndim)
+    log_var_p = _reverse_log_variance_at(diffusion, t, x_t.ndim, log_variance)
     return nats_to_bits_per_dim(normal_kl(true_mean.double(), log_var_q, model_mean.double(), log_var_p))
 
 
 def decoder_nll_bpd(
-    diffusion: DiffusionProcess, x_0: torch.Tensor, x0_predicted: torch.Tensor
+    diffusion: DiffusionProcess,
+    x_0: torch.Tensor,
+    x0_predicted: torch.Tensor,
+    log_variance: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_0 = -log p_θ(x_0 | x_1) per image, bits/dim, from x̂_0 predicted at index 0, where the
     model's mean μ̃(x_t, x̂_0) is x̂_0 itself (its coefficients there are 1 and 0)."""
-    log_variance = reverse_log_variance(diffusion)[0].to(x_0.device)
+    if log_variance is None:
+        log_variance = reverse_log_variance(diffusion)[0].to(x_0.device)
     return nats_to_bits_per_dim(-discretized_gaussian_log_likelihood(x_0, x0_predicted, log_variance))
 
 
@@ -160,14 +168,33 @@ def bound_terms_bpd(
     x_t: torch.Tensor,
     t: torch.Tensor,
     x0_predicted: torch.Tensor,
+    log_variance: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Each sample's term of the bound at its own index t, bits/dim, shape (B,): the decoder L_0
-    where t = 0, the KL L_t elsewhere."""
-    kl = kl_term_bpd(diffusion, x_0, x_t, t, x0_predicted)
+    where t = 0, the KL L_t elsewhere; ``log_variance`` as :func:`kl_term_bpd` takes it."""
+    kl = kl_term_bpd(diffusion, x_0, x_t, t, x0_predicted, log_variance)
     at_start = t == 0
     if not at_start.any():
         return kl
-    return torch.where(at_start, decoder_nll_bpd(diffusion, x_0, x0_predicted), kl)
+    return torch.where(at_start, decoder_nll_bpd(diffusion, x_0, x0_predicted, log_variance), kl)
+
+
+def _reverse_log_variance_at(
+    diffusion: DiffusionProcess, t: torch.Tensor, ndim: int, learned: torch.Tensor | None
+) -> torch.Tensor:
+    if learned is not None:
+        return learned.double()
+    return _broadcast(reverse_log_variance(diffusion), t, ndim)
+
+
+def predicted(
+    diffusion: DiffusionProcess, x_t: torch.Tensor, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(ε̂, x̂_0, log σ²_θ) of one forward pass: the last None unless the variance is learned."""
+    output = diffusion.model(x_t, t)
+    eps, x0_predicted = diffusion.eps_and_x0(x_t, t, output)
+    log_variance = diffusion.learned_log_variance(output, x_t, t) if diffusion.learned_variance else None
+    return eps, x0_predicted, log_variance
 
 
 def prior_bpd(diffusion: DiffusionProcess, x_0: torch.Tensor) -> torch.Tensor:
@@ -227,8 +254,8 @@ def decoder_pass(
     t = torch.zeros(len(x_0), dtype=torch.long, device=x_0.device)
     noise = torch.randn(x_0.shape, generator=generator).to(x_0.device)
     x_1, _ = diffusion.add_noise(x_0, t, noise=noise)
-    _, x0_predicted = diffusion.eps_and_x0(x_1, t, diffusion.model(x_1, t))
-    decoder = decoder_nll_bpd(diffusion, x_0, x0_predicted)
+    _, x0_predicted, log_variance = predicted(diffusion, x_1, t)
+    decoder = decoder_nll_bpd(diffusion, x_0, x0_predicted, log_variance)
     if finite_only:
         raise_if_not_finite(decoder, t, 0)
     return decoder.cpu()
@@ -386,8 +413,8 @@ def exact_bound(
         x_0, t_chunk = images[image_index[chunk]], t[chunk].to(images.device)
         noise = torch.randn(x_0.shape, generator=generator).to(images.device)
         x_t, _ = diffusion.add_noise(x_0, t_chunk, noise=noise)
-        _, x0_predicted = diffusion.eps_and_x0(x_t, t_chunk, diffusion.model(x_t, t_chunk))
-        terms = bound_terms_bpd(diffusion, x_0, x_t, t_chunk, x0_predicted).cpu()
+        _, x0_predicted, log_variance = predicted(diffusion, x_t, t_chunk)
+        terms = bound_terms_bpd(diffusion, x_0, x_t, t_chunk, x0_predicted, log_variance).cpu()
         total.index_add_(0, image_index[chunk], terms)
     return total
 

@@ -81,7 +81,7 @@ def _output(diffusion: DiffusionProcess, x_0, noise, t) -> tuple[torch.Tensor, t
     """The network's output at x_t noised by ``diffusion``'s schedule, and its training target."""
     device = diffusion.device
     x_t, _ = diffusion.add_noise(x_0.to(device), t.to(device), noise.to(device))
-    output = diffusion.model(x_t, t.to(device)).float().cpu()
+    output = diffusion.prediction(diffusion.model(x_t, t.to(device)), x_t).float().cpu()
     return output, diffusion.training_target(x_0.to(device), noise.to(device), t.to(device)).cpu()
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import DiagnosticsError
 from .graphs import can_capture, replay_steps
-from .process_config import TIMESTEP_SPACINGS, VARIANCE_TYPES, ProcessConfig, one_of
+from .process_config import LEARNED_VARIANCES, TIMESTEP_SPACINGS, VARIANCE_TYPES, ProcessConfig, one_of
 from .runtime import autocast_dtype, progress_bar
 
 
@@ -225,6 +225,10 @@ class DiffusionProcess(nn.Module):
         # σ_t of the DDPM step, from the float32 variance as the step uses it: σ_t² = β̃_t
         # (fixed_small) or β_t (fixed_large), DDPM section 3.2.
         self.register_buffer("ddpm_std_small", self.posterior_variance.sqrt(), persistent=False)
+        # The two ends of a learned variance's range, in log space (β̃_0 = 0 taken as β̃_1).
+        clipped = torch.cat([schedule["posterior_variance"][1:2], schedule["posterior_variance"][1:]])
+        self.register_buffer("posterior_log_variance_clipped", clipped.log().float(), persistent=False)
+        self.register_buffer("log_betas", betas.log().float(), persistent=False)
         self.register_buffer("ddpm_std_large", self.betas.sqrt(), persistent=False)
         # ᾱ after a DDIM step whose target lies before t = 0 (diffusers' final_alpha_cumprod).
         self.register_buffer(
@@ -290,6 +294,7 @@ class DiffusionProcess(nn.Module):
         With x_t = √ᾱ x_0 + √(1-ᾱ) ε (DDPM eq. 4) and v = √ᾱ ε - √(1-ᾱ) x_0 (Salimans & Ho,
         section 4), each of ε, v and x_0 gives the other two.
         """
+        output = self.prediction(output, x_t)
         a, s = (
             extract(self.sqrt_alpha_bars, t, x_t.ndim),
             extract(self.sqrt_one_minus_alpha_bars, t, x_t.ndim),
@@ -299,6 +304,26 @@ class DiffusionProcess(nn.Module):
         if self.prediction_type == "v_prediction":
             return a * output + s * x_t, a * x_t - s * output
         return (x_t - a * output) / s, output
+
+    @property
+    def learned_variance(self) -> bool:
+        return self.variance_type in LEARNED_VARIANCES
+
+    def prediction(self, output: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """The network's prediction of ε, v or x_0: its whole output, or for a learned variance its
+        first half (the second is the variance's, :meth:`learned_log_variance`)."""
+        return output[:, : x_t.shape[1]] if self.learned_variance else output
+
+    def learned_log_variance(
+        self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int
+    ) -> torch.Tensor:
+        """log σ² of the reverse step from the output's second half v (improved-diffusion eq. 15):
+        frac · log β_t + (1 − frac) · log β̃_t with frac = (v + 1) / 2, β̃_0 taken as β̃_1 (its
+        posterior_log_variance_clipped; at t = 0 sampling adds no noise, so only the bound reads it)."""
+        frac = (output[:, x_t.shape[1] :].float() + 1) / 2
+        min_log = extract(self.posterior_log_variance_clipped, t, x_t.ndim)
+        max_log = extract(self.log_betas, t, x_t.ndim)
+        return frac * max_log + (1 - frac) * min_log
 
     def velocity(self, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """v = √ᾱ_t ε - √(1 - ᾱ_t) x_0, the v-prediction target."""
@@ -339,13 +364,14 @@ class DiffusionProcess(nn.Module):
         clip: bool,
         autocast: torch.dtype | None,
         watch: NonFiniteWatch | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ε̂, x̂_0) at x_t for one t shared by the batch (an int or a one-element tensor)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ε̂, x̂_0, the network's output) at x_t for one t shared by the batch (an int or a
+        one-element tensor)."""
         output = self._network(x_t, at_step(self.timestep_ids, t).expand(x_t.shape[0]), autocast, watch)
         eps, x0 = self.eps_and_x0(x_t, t, output)
         if clip:
             x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
-        return eps, x0
+        return eps, x0, output
 
     # Whether x̂_0 is clipped, for clip_x0 as SamplingOptions holds it: DDPM as the model's
     # scheduler does, DDIM only when asked.
@@ -427,12 +453,15 @@ class DiffusionProcess(nn.Module):
         """
         clip = self._ddpm_clips(clip_x0)
         variance = variance_type or self.variance_type
-        _, x0 = self._denoise(x_t, t, clip, autocast, watch)
+        _, x0, output = self._denoise(x_t, t, clip, autocast, watch)
         # One t for the batch: the schedule values are looked up once, nothing is synced per step.
         mean, _ = self.posterior_mean_variance(x_t, t, x0)
         if isinstance(t, int) and t == 0:
             return mean  # the last step adds no noise (a tensor t adds 0 · z instead, β̃_0 = 0)
-        std = at_step(self.ddpm_std_small if variance == "fixed_small" else self.ddpm_std_large, t)
+        if variance in LEARNED_VARIANCES:
+            std = (0.5 * self.learned_log_variance(output, x_t, t)).exp()
+        else:
+            std = at_step(self.ddpm_std_small if variance == "fixed_small" else self.ddpm_std_large, t)
         if not isinstance(t, int):
             std = std * (t > 0)  # fixed_large's σ_0 = √β_0 is not 0: the last step must add none
         return mean + std * self._step_noise(x_t, generator, shared_noise)
@@ -523,7 +552,7 @@ class DiffusionProcess(nn.Module):
         rederive: bool = False,
     ) -> torch.Tensor:
         sqrt_alpha_bar_prev, direction_scale, sigma = coefficients
-        eps, x0 = self._denoise(x_t, t, clip, autocast, watch)
+        eps, x0, _ = self._denoise(x_t, t, clip, autocast, watch)
         if rederive:
             # ε̂ again from the clipped x̂_0 (diffusers' use_clipped_model_output): x_t = √ᾱ x̂_0 + √(1-ᾱ) ε̂
             a, s = (
@@ -612,7 +641,7 @@ class DiffusionProcess(nn.Module):
 
         def step(x: torch.Tensor, i: int | torch.Tensor) -> torch.Tensor:
             t = steps[i] if isinstance(i, int) else at_step(steps_on_device, i)
-            eps, _ = self._denoise(x, t, False, autocast, watch)
+            eps, _, _ = self._denoise(x, t, False, autocast, watch)
             current, following = at_step(alpha_bar_current, i), at_step(alpha_bar_next, i)
             x0 = (x - (1 - current).sqrt() * eps) / current.sqrt()
             return following.sqrt() * x0 + (1 - following).sqrt() * eps

@@ -38,7 +38,7 @@ from . import lucidrains
 from .checkpoint import load_checkpoint, read_plain, state_dict_mismatch
 from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError, first_line
-from .process_config import SAMPLING_KEYS, SCHEDULER_KEYS, ProcessConfig
+from .process_config import LEARNED_VARIANCES, SAMPLING_KEYS, SCHEDULER_KEYS, ProcessConfig
 from .sources import TRAIN, DiffusersFolder, hub_folder_name, is_hub_id, locate_diffusers_folder, parse_hub_id
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,12 @@ def read_diffusers_folder(
     ``checkpoint-<step>/`` keeps its UNets apart from the scheduler: .trajectory)."""
     diffusers = _import_extra("diffusers", f"model folder {folder.path} (a diffusers folder)")
     scheduler, settings = _scheduler_settings(diffusers, folder.scheduler_config)
-    network = DiffusersUNet(_load_unet(diffusers, folder))
+    # What the process cannot honour is said before the UNet is read (its channels depend on it).
+    learned = (
+        ProcessConfig.from_scheduler_config(settings, str(folder.scheduler_config)).variance_type
+        in LEARNED_VARIANCES
+    )
+    network = DiffusersUNet(_load_unet(diffusers, folder, learned))
     diffusion = _diffusion_process(network, settings, network.sample_shape, str(folder.scheduler_config))
     info = {
         "source": "diffusers",
@@ -334,7 +339,7 @@ def _weights_file(unet_folder: Path) -> UNetWeights:
     )
 
 
-def _load_unet(diffusers, folder: DiffusersFolder) -> nn.Module:
+def _load_unet(diffusers, folder: DiffusersFolder, learned_variance: bool = False) -> nn.Module:
     config_path = folder.unet / "config.json"
     unet_class = _read_json(config_path, "the UNet's config").get("_class_name", UNET_CLASS)
     if unet_class != UNET_CLASS:
@@ -372,7 +377,7 @@ def _load_unet(diffusers, folder: DiffusersFolder) -> nn.Module:
             f"{weights}: the weights do not fit {config_path} ({detail}); the folder mixes files of "
             "different models: download it again"
         )
-    _check_unet_config(unet.config, config_path)
+    _check_unet_config(unet.config, config_path, learned_variance)
     return unet
 
 
@@ -390,7 +395,7 @@ def _loading_mismatch(loading: dict) -> str:
     )
 
 
-def _check_unet_config(config: Mapping, path: Path) -> None:
+def _check_unet_config(config: Mapping, path: Path, learned_variance: bool = False) -> None:
     if config.get("sample_size") is None:
         # A fully convolutional UNet runs at any size, but its samples are only digits at the size
         # it was trained at, which nothing else in the folder records.
@@ -405,11 +410,22 @@ def _check_unet_config(config: Mapping, path: Path) -> None:
                 "unconditional models, so analyse one without class embeddings"
             )
     channels_in, channels_out = config["in_channels"], config["out_channels"]
-    if channels_out != channels_in:
-        learned = " (2 × in_channels: a learned variance)" if channels_out == 2 * channels_in else ""
+    if learned_variance and channels_out != 2 * channels_in:
+        raise DiagnosticsError(
+            f"{path}: out_channels {channels_out}, but the scheduler's variance_type learned_range needs "
+            f"2 × in_channels ({2 * channels_in}): a prediction and its variance; the UNet and the "
+            "scheduler config are of different models"
+        )
+    if not learned_variance and channels_out != channels_in:
+        learned = (
+            " (2 × in_channels: a learned variance, which the scheduler's variance_type does not say)"
+            if channels_out == 2 * channels_in
+            else ""
+        )
         raise DiagnosticsError(
             f"{path}: out_channels {channels_out} differs from in_channels {channels_in}{learned}; "
-            "the diagnostics read networks that predict ε, v or x_0 only"
+            "the diagnostics read networks that predict ε, v or x_0, and with variance_type "
+            "learned_range their variance"
         )
 
 
@@ -507,6 +523,7 @@ def load_entry_point(spec: Mapping, device: torch.device | str = "cpu") -> tuple
     diffusion = _diffusion_process(
         network, schedule, tuple(entry["sample_shape"]), f"model entry {entry_point}: schedule"
     )
+    _check_output_channels(diffusion, f"model entry {entry_point}")
     info = {
         "source": "entry_point",
         "path": str(weights),
@@ -520,6 +537,34 @@ def load_entry_point(spec: Mapping, device: torch.device | str = "cpu") -> tuple
     info.update({key: schedule[key] for key in SAMPLING_KEYS if key in schedule})
     info["description"] = _describe(info["model"], f"weights {weights}", diffusion)
     return diffusion.to(device).eval(), info
+
+
+def _check_output_channels(diffusion: DiffusionProcess, where: str) -> None:
+    """One forward pass on zeros: the network gives C channels, or 2C for a learned variance."""
+    channels = diffusion.sample_shape[0]
+    expected = channels * (2 if diffusion.learned_variance else 1)
+    try:
+        with torch.inference_mode():
+            output = diffusion.model(
+                torch.zeros((1, *diffusion.sample_shape)), torch.zeros(1, dtype=torch.long)
+            )
+    # The user's network can fail in any way.
+    except Exception as error:
+        raise DiagnosticsError(
+            f"{where}: calling the network as model(x_t, t) on zeros of sample_shape "
+            f"{list(diffusion.sample_shape)} failed ({first_line(error)}); it must take a batch of images "
+            "and of int64 timesteps"
+        ) from None
+    if output.shape[1] != expected:
+        what = (
+            "2 × its image channels (variance_type learned_range)"
+            if diffusion.learned_variance
+            else "its image channels"
+        )
+        raise DiagnosticsError(
+            f"{where}: the network gives {output.shape[1]} channels out, not {expected}, {what} of "
+            f"sample_shape {list(diffusion.sample_shape)}; check sample_shape and schedule.variance_type"
+        )
 
 
 def _entry_weights(entry: Mapping, weights: Path) -> tuple[dict, dict, dict | None]:

@@ -20,6 +20,9 @@ from .errors import DiagnosticsError, first_line
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
+# A network that predicts its own variance (2 × its image channels out): improved-diffusion's
+# learn_sigma, its second half v giving log σ² = frac · log β_t + (1 − frac) · log β̃_t, frac = (v + 1) / 2.
+LEARNED_VARIANCES = ("learned_range",)
 TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
 
 # diffusers' scheduler config keys that shape the process, and the field each sets (diffusers'
@@ -78,7 +81,7 @@ class ProcessConfig:
         else:
             object.__setattr__(self, "trained_betas", tuple(float(b) for b in self.trained_betas))
         one_of(self.prediction_type, PREDICTION_TYPES, "prediction_type")
-        one_of(self.variance_type, VARIANCE_TYPES, "variance_type")
+        one_of(self.variance_type, VARIANCE_TYPES + LEARNED_VARIANCES, "variance_type")
         object.__setattr__(self, "clip_sample", bool(self.clip_sample))
         object.__setattr__(self, "clip_sample_range", float(self.clip_sample_range))
         object.__setattr__(self, "set_alpha_to_one", bool(self.set_alpha_to_one))
@@ -146,9 +149,8 @@ def _refuse_unsupported(settings: Mapping, where: str) -> None:
             f"{where}: rescale_betas_zero_snr: true is not supported (its last ᾱ is 0, which the "
             "parametrizations here divide by); analyse a model trained on an unrescaled schedule"
         )
-    variance_type = settings.get("variance_type")
-    if variance_type in ("learned", "learned_range"):
+    if settings.get("variance_type") == "learned":
         raise DiagnosticsError(
-            f"{where}: variance_type: {variance_type} is not supported (the network predicts its own "
-            "variance, which the samplers here do not read); analyse a model with fixed_small or fixed_large"
+            f"{where}: variance_type: learned is not supported (diffusers reads the network's second half "
+            "as σ² itself, improved-diffusion's LEARNED as log σ²); learned_range and the fixed ones are"
         )

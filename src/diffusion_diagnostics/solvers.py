@@ -21,7 +21,7 @@ from torch import nn
 
 from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError
-from .process_config import SCHEDULER_KEYS, ProcessConfig
+from .process_config import LEARNED_VARIANCES, SCHEDULER_KEYS, ProcessConfig
 
 # Our names for diffusers' solvers: the scheduler class and the settings that make it that solver.
 SOLVERS = {
@@ -77,6 +77,9 @@ def build_scheduler(
             f"(it is made for another kind of model); use one of {', '.join(SOLVERS)}"
         )
     arguments = {key: value for key, value in scheduler_config(config).items() if key in accepted}
+    if config.variance_type in LEARNED_VARIANCES:
+        # solve() gives a solver the prediction half only: its own default, not diffusers' slicing.
+        arguments.pop("variance_type", None)
     if clip is not None and "clip_sample" in accepted:
         arguments["clip_sample"] = clip
     if spacing in SIGMA_SPACINGS:
@@ -155,7 +158,8 @@ def solve(
     with torch.inference_mode():
         for t in scheduler.timesteps:
             model_input = scheduler.scale_model_input(x, t)
-            output = network(model_input, t.expand(len(x)).to(noise.device))
+            # A learned variance's second half is the DDPM step's alone: the solvers read the prediction.
+            output = diffusion.prediction(network(model_input, t.expand(len(x)).to(noise.device)), x)
             try:
                 x = scheduler.step(output, t, x, **seeded).prev_sample
             except (NotImplementedError, ValueError) as error:  # e.g. a prediction type the solver lacks

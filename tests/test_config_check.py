@@ -9,6 +9,7 @@ import torch
 
 from diffusion_diagnostics import DiffusionProcess
 from diffusion_diagnostics.config_check import FAR, config_check, describe_finding, reading_errors
+from diffusion_diagnostics.models import RescaledTimesteps
 
 from doubles import MU, SD, ContinuousGaussianEps, gaussian_alpha_bars
 
@@ -65,3 +66,66 @@ def test_an_untrained_network_fits_no_reading_far_better():
     errors = reading_errors(diffusion, images())
     assert all(value == pytest.approx(1.0) for by_value in errors.values() for value in by_value.values())
     assert config_check(errors, diffusion.config) == []
+
+
+class TrainedOnRescaledTimesteps(torch.nn.Module):
+    """The exact ε of a T = 100 linear schedule, as a network trained with improved-diffusion's
+    rescale_timesteps takes its t: t · 1000 / T."""
+
+    def __init__(self):
+        super().__init__()
+        self.exact = ContinuousGaussianEps(gaussian_alpha_bars(100, 1e-3, 0.2))
+
+    def forward(self, x_t, t):
+        return self.exact(x_t, t.float() / 10)
+
+
+# Where improved-diffusion's UNetModel lives: the check reads its networks both ways.
+TrainedOnRescaledTimesteps.__module__ = "improved_diffusion.unet"
+
+
+@pytest.mark.parametrize("declared_rescaled", [True, False])
+def test_a_network_given_the_wrong_timestep_scale_is_named(declared_rescaled):
+    network = TrainedOnRescaledTimesteps()
+    model = RescaledTimesteps(network, 100) if declared_rescaled else network
+    diffusion = DiffusionProcess(model, 100, 1e-3, 0.2, sample_shape=(1, 4, 4))
+    errors = reading_errors(diffusion, images())
+    findings = config_check(errors, diffusion.config, declared_rescaled)
+    if declared_rescaled:
+        assert findings == [] and errors["rescale_timesteps"][True] < errors["rescale_timesteps"][False]
+    else:
+        [finding] = findings
+        assert (finding["key"], finding["declared"], finding["fits"]) == ("rescale_timesteps", False, True)
+
+
+class RecordsTimesteps(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.seen = []
+
+    def forward(self, x_t, t):
+        self.seen.append(t)
+        return x_t * self.scale
+
+
+def build_recorder() -> torch.nn.Module:
+    return RecordsTimesteps()
+
+
+def test_an_entry_with_rescaled_timesteps_gives_its_network_t_times_1000_over_t(tmp_path):
+    from diffusion_diagnostics import load_model
+
+    weights = tmp_path / "recorder.pt"
+    torch.save(RecordsTimesteps().state_dict(), weights)
+    entry = {
+        "entry_point": "test_config_check:build_recorder",
+        "weights": str(weights),
+        "sample_shape": [1, 4, 4],
+        "schedule": {"num_train_timesteps": 40},
+        "rescale_timesteps": True,
+    }
+    diffusion, _ = load_model(entry)
+    assert isinstance(diffusion.model, RescaledTimesteps)
+    diffusion.model(torch.zeros(2, 1, 4, 4), torch.tensor([0, 39]))
+    assert diffusion.model.network.seen[-1].tolist() == [0.0, 975.0]  # 39 · 1000 / 40

@@ -13,10 +13,16 @@ from __future__ import annotations
 import torch
 
 from .diffusion import DiffusionProcess
+from .models import RescaledTimesteps
 from .process_config import BETA_SCHEDULES, PREDICTION_TYPES
 
 FAR = 0.5  # another reading fits "far better" at this share of the declared reading's error or less
-T_RANGE = (0.05, 0.95)  # the t spread over, as shares of T: the ends say little about either key
+T_RANGE = (0.05, 0.95)
+# Codebases whose networks may be trained on rescaled timesteps (their rescale_timesteps).
+TIMESTEP_RESCALING_CODEBASES = (
+    "improved_diffusion",
+    "guided_diffusion",
+)  # the t spread over, as shares of T: the ends say little about either key
 
 
 def reading_errors(
@@ -37,6 +43,15 @@ def reading_errors(
     for value in PREDICTION_TYPES:
         reading = diffusion.rebuilt(prediction_type=value)
         errors["prediction_type"][value] = _relative_error(output, reading.training_target(x_0, noise, t))
+    rescaled = isinstance(diffusion.model, RescaledTimesteps)
+    if rescaled or type(diffusion.model).__module__.split(".")[0] in TIMESTEP_RESCALING_CODEBASES:
+        # improved- and guided-diffusion's networks: trained on t, or on t · 1000 / T.
+        inner = diffusion.model.network if rescaled else diffusion.model
+        other = diffusion.rebuilt(inner if rescaled else RescaledTimesteps(inner, diffusion.timesteps))
+        errors["rescale_timesteps"] = {
+            rescaled: errors["prediction_type"][config.prediction_type],
+            not rescaled: _relative_error(*_output(other, x_0, noise, t)),
+        }
     if config.trained_betas is None and config.beta_schedule in BETA_SCHEDULES:
         errors["beta_schedule"] = {config.beta_schedule: errors["prediction_type"][config.prediction_type]}
         for value in BETA_SCHEDULES:
@@ -47,12 +62,13 @@ def reading_errors(
     return errors
 
 
-def config_check(errors: dict[str, dict[str, float]], config) -> list[dict]:
+def config_check(errors: dict[str, dict], config, rescaled: bool = False) -> list[dict]:
     """The keys whose declared value another value fits far better (FAR): key, declared value and
-    its error, the value that fits best and its error."""
+    its error, the value that fits best and its error. ``rescaled``: whether the network is given
+    rescaled timesteps (models.RescaledTimesteps)."""
     findings = []
     for key, by_value in errors.items():
-        declared = getattr(config, key)
+        declared = rescaled if key == "rescale_timesteps" else getattr(config, key)
         best = min(by_value, key=by_value.get)
         if best != declared and by_value[best] <= FAR * by_value[declared]:
             findings.append(

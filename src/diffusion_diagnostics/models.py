@@ -55,7 +55,15 @@ SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
 UNET_CLASS = "UNet2DModel"
 WEIGHTS_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
-ENTRY_KEYS = ("entry_point", "weights", "kwargs", "sample_shape", "schedule", "trainer_weights")
+ENTRY_KEYS = (
+    "entry_point",
+    "weights",
+    "kwargs",
+    "sample_shape",
+    "schedule",
+    "trainer_weights",
+    "rescale_timesteps",
+)
 REQUIRED_ENTRY_KEYS = ("entry_point", "weights", "sample_shape")
 
 
@@ -502,7 +510,8 @@ def load_entry_point(spec: Mapping, device: torch.device | str = "cpu") -> tuple
          "weights": "path.safetensors",               # or .pt / .pth / .bin, a state dict of tensors
          "kwargs": {...},                             # optional, passed to the function
          "sample_shape": [C, H, W],
-         "schedule": {...}}                           # optional, diffusers' scheduler keys
+         "schedule": {...},                           # optional, diffusers' scheduler keys
+         "rescale_timesteps": False}                  # optional: t given as t · 1000 / T (improved-diffusion)
 
     Schedule keys left out take ProcessConfig's defaults, so diffusers need not be installed.
     """
@@ -520,6 +529,11 @@ def load_entry_point(spec: Mapping, device: torch.device | str = "cpu") -> tuple
             "the state_dict() of that network, built with the same kwargs"
         )
     network.load_state_dict(state_dict)
+    if entry.get("rescale_timesteps"):
+        timesteps = ProcessConfig.from_scheduler_config(
+            schedule, f"model entry {entry_point}: schedule"
+        ).timesteps
+        network = RescaledTimesteps(network, timesteps)
     diffusion = _diffusion_process(
         network, schedule, tuple(entry["sample_shape"]), f"model entry {entry_point}: schedule"
     )
@@ -537,6 +551,18 @@ def load_entry_point(spec: Mapping, device: torch.device | str = "cpu") -> tuple
     info.update({key: schedule[key] for key in SAMPLING_KEYS if key in schedule})
     info["description"] = _describe(info["model"], f"weights {weights}", diffusion)
     return diffusion.to(device).eval(), info
+
+
+class RescaledTimesteps(nn.Module):
+    """A network trained on timesteps rescaled to [0, 1000) (improved-diffusion's
+    ``rescale_timesteps``, its default): called with t, it is given t · 1000 / T as a float."""
+
+    def __init__(self, network: nn.Module, timesteps: int):
+        super().__init__()
+        self.network, self.timesteps = network, timesteps
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.network(x_t, t.float() * (1000.0 / self.timesteps))
 
 
 def _check_output_channels(diffusion: DiffusionProcess, where: str) -> None:

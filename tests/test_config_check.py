@@ -31,7 +31,7 @@ def test_the_declared_config_that_made_the_weights_fits_them():
     assert min(errors["prediction_type"], key=errors["prediction_type"].get) == "epsilon"
     assert min(errors["beta_schedule"], key=errors["beta_schedule"].get) == "linear"
     assert errors["beta_schedule"]["linear"] == errors["prediction_type"]["epsilon"]
-    assert config_check(errors, diffusion.config) == []
+    assert config_check(errors, diffusion) == []
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,7 @@ def test_the_declared_config_that_made_the_weights_fits_them():
 )
 def test_a_config_the_weights_were_not_trained_with_is_named(changes, key, fits):
     diffusion = declared(**changes)
-    [finding] = config_check(reading_errors(diffusion, images()), diffusion.config)
+    [finding] = config_check(reading_errors(diffusion, images()), diffusion)
     assert (finding["key"], finding["declared"], finding["fits"]) == (key, changes[key], fits)
     assert finding["fitting_error"] <= FAR * finding["declared_error"]
     line = describe_finding(finding)
@@ -65,7 +65,7 @@ def test_an_untrained_network_fits_no_reading_far_better():
     diffusion.model.forward = lambda x, t: torch.zeros_like(x)  # outputs nothing: every error is 1
     errors = reading_errors(diffusion, images())
     assert all(value == pytest.approx(1.0) for by_value in errors.values() for value in by_value.values())
-    assert config_check(errors, diffusion.config) == []
+    assert config_check(errors, diffusion) == []
 
 
 class TrainedOnRescaledTimesteps(torch.nn.Module):
@@ -90,7 +90,7 @@ def test_a_network_given_the_wrong_timestep_scale_is_named(declared_rescaled):
     model = RescaledTimesteps(network, 100) if declared_rescaled else network
     diffusion = DiffusionProcess(model, 100, 1e-3, 0.2, sample_shape=(1, 4, 4))
     errors = reading_errors(diffusion, images())
-    findings = config_check(errors, diffusion.config, declared_rescaled)
+    findings = config_check(errors, diffusion)
     if declared_rescaled:
         assert findings == [] and errors["rescale_timesteps"][True] < errors["rescale_timesteps"][False]
     else:

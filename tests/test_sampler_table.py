@@ -183,3 +183,16 @@ def test_without_diffusers_the_table_has_our_samplers_and_says_so(monkeypatch, c
     one_error_line(
         lambda: Sampler("euler", 4).check(gaussian_process()), "diffusers', which is not installed"
     )
+
+
+def test_the_noises_and_the_floors_sets_are_seeded():
+    noises = sampler_table.seeded_noises(4, (1, 2, 2), seed=3, seeds=2)
+    assert [noise.shape for noise in noises] == [(4, 1, 2, 2)] * 2
+    assert torch.equal(noises[1], sampler_table.seeded_noises(4, (1, 2, 2), seed=4, seeds=1)[0])
+    digits = torch.arange(10.0).reshape(10, 1, 1, 1)
+    floors = sampler_table.floor_sets(digits, 6, seed=0)
+    assert len(floors) == sampler_table.FLOOR_DRAWS
+    assert all(len(set(floor.flatten().tolist())) == 6 for floor in floors)  # no digit drawn twice
+    assert [
+        torch.equal(a, b) for a, b in zip(floors, sampler_table.floor_sets(digits, 6, seed=0), strict=True)
+    ] == [True] * len(floors)

@@ -17,12 +17,9 @@ from .models import RescaledTimesteps
 from .process_config import BETA_SCHEDULES, PREDICTION_TYPES
 
 FAR = 0.5  # another reading fits "far better" at this share of the declared reading's error or less
-T_RANGE = (0.05, 0.95)
+T_RANGE = (0.05, 0.95)  # the t spread over, as shares of T: the ends say little about either key
 # Codebases whose networks may be trained on rescaled timesteps (their rescale_timesteps).
-TIMESTEP_RESCALING_CODEBASES = (
-    "improved_diffusion",
-    "guided_diffusion",
-)  # the t spread over, as shares of T: the ends say little about either key
+TIMESTEP_RESCALING_CODEBASES = ("improved_diffusion", "guided_diffusion")
 
 
 def reading_errors(
@@ -30,8 +27,9 @@ def reading_errors(
 ) -> dict[str, dict[str, float]]:
     """The relative error of every reading, by key and value: ``prediction_type`` (each value, on the
     declared schedule) and, for a named schedule, ``beta_schedule`` (each named one, with the
-    declared prediction type). ``images`` in [-1, 1] at the model's sample shape; image i gets
-    noise at the i-th of ``len(images)`` timesteps spread over T_RANGE."""
+    declared prediction type) and, for improved- and guided-diffusion networks,
+    ``rescale_timesteps`` (True and False). ``images`` in [-1, 1] at the model's sample shape;
+    image i gets noise at the i-th of ``len(images)`` timesteps spread over T_RANGE."""
     generator = torch.Generator().manual_seed(seed)
     x_0 = images.float()
     noise = torch.randn(x_0.shape, generator=generator)
@@ -62,13 +60,15 @@ def reading_errors(
     return errors
 
 
-def config_check(errors: dict[str, dict], config, rescaled: bool = False) -> list[dict]:
+def config_check(errors: dict[str, dict], diffusion: DiffusionProcess) -> list[dict]:
     """The keys whose declared value another value fits far better (FAR): key, declared value and
-    its error, the value that fits best and its error. ``rescaled``: whether the network is given
-    rescaled timesteps (models.RescaledTimesteps)."""
+    its error, the value that fits best and its error. ``errors``: reading_errors of ``diffusion``."""
     findings = []
     for key, by_value in errors.items():
-        declared = rescaled if key == "rescale_timesteps" else getattr(config, key)
+        if key == "rescale_timesteps":
+            declared = isinstance(diffusion.model, RescaledTimesteps)
+        else:
+            declared = getattr(diffusion.config, key)
         best = min(by_value, key=by_value.get)
         if best != declared and by_value[best] <= FAR * by_value[declared]:
             findings.append(

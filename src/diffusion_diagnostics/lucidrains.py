@@ -54,6 +54,8 @@ class TrainerCheckpoint:
 
 def read_trainer_checkpoint(payload: Mapping, weights: str, where: str) -> TrainerCheckpoint:
     """The ``weights`` (``ema`` or ``online``) network of a Trainer file's content, with its schedule."""
+    import torch
+
     if weights not in WEIGHTS:
         raise DiagnosticsError(f"{where}: trainer_weights '{weights}' is unknown; use ema or online")
     if weights == "ema":
@@ -66,12 +68,9 @@ def read_trainer_checkpoint(payload: Mapping, weights: str, where: str) -> Train
         state, prefix = ema, "ema_model."
     else:
         state, prefix = payload["model"], ""
-    network = {
-        key[len(prefix) + 6 :]: value for key, value in state.items() if key.startswith(prefix + "model.")
-    }
+    # GaussianDiffusion's own entries (its buffers), and among them its Unet's, under "model."
     buffers = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
-    import torch
-
+    network = {key[len("model.") :]: value for key, value in buffers.items() if key.startswith("model.")}
     schedule = ("betas", "loss_weight")
     for name in schedule:
         if not isinstance(buffers.get(name), torch.Tensor):

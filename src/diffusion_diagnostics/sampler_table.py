@@ -55,6 +55,7 @@ SAMPLER_COLUMNS = [
     *(f"class_{digit}" for digit in range(10)),
 ]
 FLOOR = "floor (training digits)"  # the floor's row in the table, in the sampler column
+FLOOR_DRAWS = 5  # sets of real training digits whose spread is the floor's noise
 PREVIEW = 8  # the noises every cell shows in the grid
 
 
@@ -134,6 +135,21 @@ def sampler_cells(
     for cell in cells:  # every step count that cannot run fails before any cell runs
         cell.check(diffusion)
     return cells
+
+
+def seeded_noises(n: int, shape: tuple[int, ...], seed: int, seeds: int) -> list[torch.Tensor]:
+    """``seeds`` sets of ``n`` starting noises, from CPU generators seeded seed, seed + 1, ...: the
+    same on every machine and device."""
+    return [
+        torch.randn((n, *shape), generator=torch.Generator().manual_seed(s))
+        for s in range(seed, seed + seeds)
+    ]
+
+
+def floor_sets(digits: torch.Tensor, n: int, seed: int, draws: int = FLOOR_DRAWS) -> list[torch.Tensor]:
+    """``draws`` random sets of ``n`` real digits (as many as a cell's samples): the floor."""
+    generator = torch.Generator().manual_seed(seed)
+    return [digits[torch.randperm(len(digits), generator=generator)[:n]] for _ in range(draws)]
 
 
 @dataclass

@@ -7,7 +7,6 @@ import logging
 from diffusion_diagnostics.config_check import config_check, describe_finding, reading_errors
 from diffusion_diagnostics.digits import check_fit
 from diffusion_diagnostics.files import write_json
-from diffusion_diagnostics.models import RescaledTimesteps
 from diffusion_diagnostics.workflow import digits_for, load_rule_model, run_rule
 
 CHECK_IMAGES = 64  # held-out digits the config check noises, one timestep each
@@ -17,7 +16,7 @@ def main(snakemake):
     diffusion, info = load_rule_model(snakemake)
     images = digits_for(diffusion, snakemake.input.heldout, snakemake.params.image_fit).tensors[0]
     errors = reading_errors(diffusion, images[:CHECK_IMAGES])
-    findings = config_check(errors, diffusion.config, isinstance(diffusion.model, RescaledTimesteps))
+    findings = config_check(errors, diffusion)
     for finding in findings:
         logging.warning("%s", describe_finding(finding))
     if not findings:

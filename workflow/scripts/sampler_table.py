@@ -4,8 +4,6 @@ of the same noises decoded by every cell, and the recommendation."""
 
 import logging
 
-import torch
-
 from diffusion_diagnostics.classifier import load_classifier
 from diffusion_diagnostics.data import load_split
 from diffusion_diagnostics.digits import to_digit_size
@@ -15,12 +13,12 @@ from diffusion_diagnostics.quality import check_neighbour_counts, judge_images
 from diffusion_diagnostics.sampler_table import (
     SAMPLER_COLUMNS,
     available_samplers,
+    floor_sets,
     sampler_cells,
     sampler_table,
+    seeded_noises,
 )
 from diffusion_diagnostics.workflow import load_sampling_model, run_rule
-
-FLOOR_DRAWS = 5  # sets of real training digits whose spread is the floor's noise
 
 
 def main(snakemake):
@@ -34,18 +32,11 @@ def main(snakemake):
     cells = sampler_cells(
         diffusion, available_samplers(settings["samplers"]), settings["steps"], settings["spacings"]
     )
-    seeds = range(settings["seed"], settings["seed"] + settings["seeds"])
     noises = [
-        torch.randn((n, *diffusion.sample_shape), generator=torch.Generator().manual_seed(seed)).to(
-            diffusion.device
-        )
-        for seed in seeds
+        noise.to(diffusion.device)
+        for noise in seeded_noises(n, diffusion.sample_shape, settings["seed"], settings["seeds"])
     ]
-    draws = torch.Generator().manual_seed(settings["seed"])
-    floors = [
-        judge_images(classifier, train[torch.randperm(len(train), generator=draws)[:n]])
-        for _ in range(FLOOR_DRAWS)
-    ]
+    floors = [judge_images(classifier, digits) for digits in floor_sets(train, n, settings["seed"])]
     fit = snakemake.params.image_fit
 
     def judge(images):

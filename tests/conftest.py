@@ -274,43 +274,6 @@ def save_diffusers_folder(
     return path
 
 
-def save_lucidrains_trainer_file(folder: Path, unet: dict, size: int, timesteps: int, ddim_steps: int):
-    """denoising-diffusion-pytorch's own Trainer, two steps on 100 random size x size images (its
-    minimum), and the file its Trainer.save wrote (results/model-2.pt): (trainer, path)."""
-    import denoising_diffusion_pytorch as ddp
-    from PIL import Image
-
-    images = folder / "images"
-    images.mkdir(parents=True)
-    generator = torch.Generator().manual_seed(0)
-    for index in range(100):
-        pixels = (torch.rand(size, size, generator=generator) * 255).byte().numpy()
-        Image.fromarray(pixels, mode="L").save(images / f"{index}.png")
-    torch.manual_seed(0)
-    diffusion = ddp.GaussianDiffusion(
-        ddp.Unet(**unet), image_size=size, timesteps=timesteps, sampling_timesteps=ddim_steps
-    )
-    trainer = ddp.Trainer(
-        diffusion,
-        str(images),
-        train_batch_size=16,
-        train_num_steps=2,
-        save_and_sample_every=2,
-        results_folder=str(folder / "results"),
-        calculate_fid=False,
-        amp=False,
-        num_samples=4,
-    )
-    trainer.train()
-    # Its EMA copies the online weights for its first 100 steps: moved off them, and saved again by
-    # Trainer.save, the two networks of the file differ.
-    with torch.no_grad():
-        for parameter in trainer.ema.ema_model.parameters():
-            parameter.add_(0.01)
-    trainer.save(2)
-    return trainer, folder / "results" / "model-2.pt"
-
-
 def tree_digest(path: Path) -> str:
     """One hash of every file under ``path`` (names and bytes): a user's folder must not change."""
     digest = hashlib.sha256()

@@ -1,11 +1,13 @@
 """A sweep (config `models`) of every kind of model: per-model outputs under results/<model>/, and
 their comparison.
 
-One real snakemake run of the tiny config with five models, one of each kind `checkpoint:` reads:
+One real snakemake run of the tiny config with seven models, one of each kind `checkpoint:` reads:
 `given`, this package's checkpoint file; `small`, trained with its own model and train overrides;
 `folder`, a diffusers pipeline folder of another image size (32 x 32, RGB) and process; `hub`, a flat
 diffusers folder served by a stand-in Hugging Face Hub on 127.0.0.1; `own`, a user's network by its
-entry point. `folder`, the one whose shape and process differ from the tiny config's, is taken to
+entry point; `lucid`, a file lucidrains' Trainer saved; `guided`, guided-diffusion's create_model
+with a learned variance and rescaled timesteps. `folder`, the one whose shape and process differ
+from the tiny config's, is taken to
 every output of a single run (tiny_run takes the others' kinds there); the rest to what shows how
 each was read (model.json, the loss, the noise it starts from), `small` through its training. A
 user's files are used as given, never written. Then dry runs that show each model's work as
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 import own_network
 import pytest
 import torch
+from codebase_files import save_guided_diffusion_model, save_lucidrains_trainer_file
 from PIL import Image
 
 from diffusion_diagnostics.checkpoint import load_checkpoint, save_checkpoint
@@ -37,7 +40,6 @@ from conftest import (
     planned_jobs,
     run_snakemake,
     save_diffusers_folder,
-    save_lucidrains_trainer_file,
     tiny_config,
     tree_digest,
 )
@@ -45,8 +47,8 @@ from conftest import (
 pytestmark = pytest.mark.workflow
 
 # Taken to every output; taken to what shows how they were read.
-WHOLE, READ_ONLY_AS_FAR = ("folder",), ("given", "small", "hub", "own", "lucid")
-MODELS = ("given", "small", "folder", "hub", "own", "lucid")
+WHOLE, READ_ONLY_AS_FAR = ("folder",), ("given", "small", "hub", "own", "lucid", "guided")
+MODELS = ("given", "small", "folder", "hub", "own", "lucid", "guided")
 # What model.json calls each model's kind.
 KINDS = {
     "given": "checkpoint",
@@ -55,6 +57,7 @@ KINDS = {
     "hub": "diffusers",
     "own": "entry_point",
     "lucid": "entry_point",
+    "guided": "entry_point",
 }
 HUB_REPOSITORY = "owner/flat-ddpm"
 PER_MODEL_OUTPUTS = [
@@ -96,7 +99,7 @@ def scheduler(**changes) -> dict:
 
 
 def sweep_config(workdir) -> tuple[dict, dict]:
-    """The tiny config with the five models, and the user's files it names (written into
+    """The tiny config with the seven models, and the user's files it names (written into
     ``workdir``), by model."""
     config = tiny_config()
     config["quality"]["interpolation_variants"] = VARIANTS
@@ -118,6 +121,13 @@ def sweep_config(workdir) -> tuple[dict, dict]:
     # lucidrains' Trainer file, as its own Trainer.save wrote it, with its Unet's arguments.
     lucid_unet = {"dim": 8, "dim_mults": [1, 2], "channels": 1, "flash_attn": False}
     _, trainer_file = save_lucidrains_trainer_file(workdir / "lucidrains", lucid_unet, 28, 20, 5)
+    # guided-diffusion's create_model (RGB, 32 x 32, a learned variance), saved as its TrainLoop saves.
+    # Its training scripts' defaults (use_scale_shift_norm: true) are not create_model's: the
+    # kwargs say what it was built with.
+    guided_unet = {"image_size": 32, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2",
+                   "attention_resolutions": "16", "num_heads": 1, "learn_sigma": True,
+                   "use_scale_shift_norm": True}  # fmt: skip
+    _, _, guided_file = save_guided_diffusion_model(workdir / "guided", guided_unet, 20)
     # Paths relative to the working directory, as a user writes them.
     config["models"] = {
         "given": {"checkpoint": given.name},
@@ -140,8 +150,19 @@ def sweep_config(workdir) -> tuple[dict, dict]:
                 "sample_shape": [1, 28, 28],
             }
         },
+        "guided": {
+            "checkpoint": {
+                "entry_point": "guided_diffusion.script_util:create_model",
+                "kwargs": guided_unet,
+                "weights": str(guided_file.relative_to(workdir)),
+                "sample_shape": [3, 32, 32],
+                "rescale_timesteps": True,
+                "schedule": scheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range"),
+            }
+        },
     }
-    return config, {"given": given, "folder": folder, "own": weights, "lucid": trainer_file}
+    files = {"given": given, "folder": folder, "own": weights, "lucid": trainer_file, "guided": guided_file}
+    return config, files
 
 
 def sweep_targets() -> list[str]:
@@ -279,6 +300,9 @@ def test_every_kind_of_model_is_read_as_what_it_is(sweep_run):
     assert cards["lucid"]["process"]["prediction_type"] == "v_prediction"
     assert "trained betas, T = 20" in cards["lucid"]["description"]
     assert cards["lucid"]["details"]["trainer"] == {"weights": "ema", "step": 2}
+    # guided-diffusion's network: its variance half read, its timesteps checked both ways.
+    assert cards["guided"]["process"]["variance_type"] == "learned_range"
+    assert set(cards["guided"]["config_check"]["relative_errors"]["rescale_timesteps"]) == {"true", "false"}
     # Every model's config checked against its weights: each prediction type read, and the named
     # schedules; these untrained networks fit no reading far better than another.
     for card in cards.values():

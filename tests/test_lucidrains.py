@@ -2,28 +2,40 @@
 steps on a handful of images, read as a new user gives it (an entry naming its Unet and the
 file), sampled and measured by this package as that codebase samples and measures it: our DDPM
 equals its p_sample_loop, our DDIM with its clipping its ddim_sample, our v-error its p_losses
-(unweighted), from the same noise."""
+(unweighted), from the same noise; a Unet with a learned variance as its LearnedGaussianDiffusion
+samples and bounds it."""
 
 from __future__ import annotations
+
+import math
 
 import denoising_diffusion_pytorch as ddp  # a test extra
 import pytest
 import torch
+from codebase_files import save_lucidrains_trainer_file
 
 from diffusion_diagnostics import SamplingOptions, load_model
 from diffusion_diagnostics.analysis import ForwardPass, prediction_errors
+from diffusion_diagnostics.bound import bound_terms_bpd, predicted
 from diffusion_diagnostics.lucidrains import objective_from_loss_weight
 
-from conftest import save_lucidrains_trainer_file
 from doubles import one_error_line
 
 UNET = {"dim": 8, "dim_mults": [1, 2], "channels": 1, "flash_attn": False}
+LEARNED_UNET = {**UNET, "learned_variance": True}
 SIZE, T, DDIM_STEPS = 16, 20, 5
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     return save_lucidrains_trainer_file(tmp_path_factory.mktemp("lucidrains"), UNET, SIZE, T, DDIM_STEPS)
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    # Its LearnedGaussianDiffusion samples by p_sample_loop only (sampling_timesteps = T): its DDIM
+    # calls model_predictions, which names functions its module does not import (2.3.4).
+    return save_lucidrains_trainer_file(tmp_path_factory.mktemp("learned"), LEARNED_UNET, SIZE, T, T)
 
 
 def entry(path, **changes) -> dict:
@@ -181,3 +193,50 @@ def test_a_trainer_file_whose_unet_its_weights_do_not_tell_asks_for_its_argument
         lambda: load_model(path), "could not be built from its weights alone", "entry with its Unet's"
     )
     assert load_model(entry(path, kwargs=other))[0].timesteps == T
+
+
+def test_a_learned_variance_is_read_and_sampled_as_its_learned_gaussian_diffusion(learned):
+    """Unet(learned_variance=True): ε and improved-diffusion's variance interpolation, whatever the
+    objective its loss_weight says (pred_v, its default, here)."""
+    trainer, path = learned
+    diffusion, _ = load_model(entry(path, kwargs=LEARNED_UNET))
+    assert diffusion.learned_variance and diffusion.config.prediction_type == "epsilon"
+    theirs = trainer.ema.ema_model.eval()
+    shape = (4, 1, SIZE, SIZE)
+    with torch.no_grad():
+        torch.manual_seed(7)
+        ddpm = theirs.p_sample_loop(shape)
+    generator = torch.Generator().manual_seed(7)
+    x_T = torch.randn(shape, generator=generator)
+    ours = diffusion.sample(x_T, generator=generator)
+    torch.testing.assert_close((ours + 1) / 2, ddpm, rtol=0, atol=1e-4)
+    # Its variational term: p_losses with the vb weight 1, less its simple ε term (ours, checked above
+    # for the plain file): each KL term ours from the same x_t.
+    generator = torch.Generator().manual_seed(1)
+    x_0 = torch.randint(0, 256, (T, 1, SIZE, SIZE), generator=generator).float() / 127.5 - 1
+    t, noise = torch.arange(T), torch.randn(x_0.shape, generator=generator)
+    theirs.vb_loss_weight = 1.0
+    with torch.no_grad():
+        total = theirs.p_losses(x_0, t, noise=noise, loss_reduction="none")
+        x_t, _ = diffusion.add_noise(x_0, t, noise=noise)
+        eps, x0_predicted, log_variance = predicted(diffusion, x_t, t)
+        _, _, their_log_variance, _ = theirs.p_mean_variance(x=x_t, t=t, clip_denoised=False)
+    vb = total.double() - (eps - noise).pow(2).flatten(1).mean(1).double()
+    bound = bound_terms_bpd(diffusion, x_0, x_t, t, x0_predicted, log_variance)
+    torch.testing.assert_close(bound[1:], vb[1:], rtol=1e-3, atol=1e-5)
+    # At t = 0 the conventions part: its lower end is log β̃_0 = log 0, clamped to log 1e-20, where
+    # improved-diffusion's (and ours) is log β̃_1. Its decoder's σ is then ~1e-6, and its L_0 each
+    # pixel's probability floor (1e-15, 49.8 bits); so L_0 is not compared.
+    torch.testing.assert_close(their_log_variance[1:], log_variance[1:].float(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        frac = (theirs.model(x_t, t)[:1, 1:] + 1) / 2
+    lower_end = frac * theirs.betas[0].log() + (1 - frac) * math.log(1e-20)
+    torch.testing.assert_close(their_log_variance[:1], lower_end, rtol=1e-5, atol=1e-4)
+    # On its own, the file's Unet is built with learned_variance, as its weights tell.
+    alone, _ = load_model(path)
+    assert alone.learned_variance and alone.sample_shape == (1, 28, 28)
+    one_error_line(
+        lambda: load_model(entry(path, kwargs=LEARNED_UNET, schedule={"prediction_type": "v_prediction"})),
+        "learns its variance",
+        "trained for epsilon",
+    )

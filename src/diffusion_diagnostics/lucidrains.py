@@ -8,6 +8,11 @@ The file holds no ``Unet`` constructor arguments and no objective. The schedule 
 from the ``loss_weight`` buffer, which ``GaussianDiffusion`` sets from it: maybe-clipped SNR / SNR
 for ``pred_noise``, maybe-clipped SNR for ``pred_x0``, maybe-clipped SNR / (SNR + 1) for ``pred_v``,
 where min-SNR weighting clips the SNR at γ.
+
+A ``Unet(learned_variance=True)`` (2C channels out) is trained by its ``LearnedGaussianDiffusion``,
+which reads the first half as the noise and the second as improved-diffusion's variance
+interpolation, whatever objective (and so ``loss_weight``) it was built with: its
+``p_mean_variance`` and the simple term of its ``p_losses`` both take the first half as ε.
 """
 
 from __future__ import annotations
@@ -50,6 +55,20 @@ class TrainerCheckpoint:
     betas: torch.Tensor
     loss_weight: torch.Tensor
     step: int
+
+    @property
+    def learns_variance(self) -> bool:
+        """Its Unet gives twice the channels it takes (learned_variance=True)."""
+        return learns_variance(self.network)
+
+
+def learns_variance(network: Mapping) -> bool:
+    """Whether a Unet's weights give twice the channels they take: its final 1 × 1 convolution
+    against its first one (a self-conditioned Unet takes 2C in and gives C). False for a network
+    without them (another network trained by its GaussianDiffusion)."""
+    if "final_conv.weight" not in network or "init_conv.weight" not in network:
+        return False
+    return network["final_conv.weight"].shape[0] == 2 * network["init_conv.weight"].shape[1]
 
 
 def read_trainer_checkpoint(payload: Mapping, weights: str, where: str) -> TrainerCheckpoint:
@@ -104,45 +123,53 @@ def objective_from_loss_weight(betas: torch.Tensor, loss_weight: torch.Tensor) -
 
 def trainer_process(checkpoint: TrainerCheckpoint, declared: str | None, where: str) -> dict:
     """The process in diffusers' scheduler keys: the file's βs as trained_betas, the objective the
-    loss weights say (checked against ``declared``), x̂_0 clipped as its samplers clip it."""
-    objective, gamma = objective_from_loss_weight(checkpoint.betas, checkpoint.loss_weight)
-    if declared is not None and declared != objective:
-        raise DiagnosticsError(
-            f"{where}: schedule.prediction_type is {declared}, but the file's loss_weight is {objective}'s "
-            "weighting; the network was trained for the latter"
-        )
-    if gamma is not None:
-        log.info("%s: the loss was weighted by min-SNR, γ = %g (from its loss_weight)", where, gamma)
-    return {
+    loss weights say (checked against ``declared``), x̂_0 clipped as its samplers clip it; for a
+    learned variance, ε and learned_range, as its LearnedGaussianDiffusion reads the output."""
+    process = {
         "num_train_timesteps": len(checkpoint.betas),
         "trained_betas": checkpoint.betas.tolist(),
-        "prediction_type": objective,
         "clip_sample": True,
     }
+    if checkpoint.learns_variance:
+        objective, why = "epsilon", "its Unet learns its variance, and LearnedGaussianDiffusion reads noise"
+        log.info("%s: a learned variance; its first half read as noise (LearnedGaussianDiffusion)", where)
+        process["variance_type"] = "learned_range"
+    else:
+        objective, gamma = objective_from_loss_weight(checkpoint.betas, checkpoint.loss_weight)
+        why = f"the file's loss_weight is {objective}'s weighting"
+        if gamma is not None:
+            log.info("%s: the loss was weighted by min-SNR, γ = %g (from its loss_weight)", where, gamma)
+    if declared is not None and declared != objective:
+        raise DiagnosticsError(
+            f"{where}: schedule.prediction_type is {declared}, but {why}; the network was trained for "
+            f"{objective}"
+        )
+    return {**process, "prediction_type": objective}
 
 
 def unet_arguments(network: Mapping) -> dict:
     """Its ``Unet``'s constructor arguments as far as the weights' shapes tell them (``dim``,
-    ``dim_mults``, ``channels``), the rest left at its defaults: ``dim`` from the time MLP (4 · dim
-    wide), each level's width from its first block, the innermost from the middle block."""
+    ``dim_mults``, ``channels``, ``learned_variance``), the rest left at its defaults: ``dim`` from
+    the time MLP (4 · dim wide), each level's width from its first block, the innermost from the
+    middle block, the channels from what it gives out (half of it for a learned variance)."""
     dim = network["time_mlp.1.weight"].shape[0] // 4
     levels = sorted({int(key.split(".")[1]) for key in network if key.startswith("downs.")})
     widths = [network[f"downs.{level}.0.block1.proj.weight"].shape[0] for level in levels[1:]]
     widths.append(network["mid_block1.block1.proj.weight"].shape[0])
-    return {
+    learned = learns_variance(network)
+    arguments = {
         "dim": dim,
         "dim_mults": [width // dim for width in widths],
-        "channels": network["final_conv.weight"].shape[0],
+        "channels": network["final_conv.weight"].shape[0] // (2 if learned else 1),
         "flash_attn": False,
     }
+    return {**arguments, "learned_variance": True} if learned else arguments
 
 
 def check_network(network, where: str) -> None:
-    """Refuse what the samplers here cannot call as model(x_t, t) with one output per channel."""
+    """Refuse what the samplers here cannot call as model(x_t, t)."""
     if getattr(network, "self_condition", False):
         raise DiagnosticsError(
             f"{where}: a self-conditioned Unet (self_condition=True) takes its own last prediction as an "
             "input, which these diagnostics do not feed it; not supported"
         )
-    if getattr(network, "learned_sigma", False):
-        raise DiagnosticsError(f"{where}: a Unet with learned_variance=True is not read yet")

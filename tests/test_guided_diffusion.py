@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from codebase_files import save_guided_diffusion_model
 from guided_diffusion import script_util  # a test extra
 
 from diffusion_diagnostics import SamplingOptions, load_model
 from diffusion_diagnostics.analysis import ForwardPass, prediction_errors
 from diffusion_diagnostics.bound import bound_terms_bpd, predicted, prior_bpd
+
+from codebase_files import save_guided_diffusion_model
+from doubles import one_error_line
 
 T, SIZE, DDIM_STEPS = 20, 32, 5
 MODEL = {
@@ -147,3 +149,13 @@ def test_our_error_per_sample_is_its_training_mse(trained):
         eps, x0_predicted = diffusion.eps_and_x0(x_t, t, diffusion.model(x_t, t))
     errors = prediction_errors(diffusion, ForwardPass(0, x_0, t, noise, x_t, eps, x0_predicted))
     torch.testing.assert_close(errors["eps"].float(), expected, rtol=1e-4, atol=1e-7)
+
+
+def test_its_state_dict_given_on_its_own_says_how_to_give_it(trained, tmp_path):
+    _, _, path = trained
+    one_error_line(
+        lambda: load_model(path), "a bare state dict", "guided-diffusion's UNetModel", "create_model"
+    )
+    other = tmp_path / "other.pt"
+    torch.save({"conv.weight": torch.zeros(1)}, other)
+    one_error_line(lambda: load_model(other), "a bare state dict", "the function that builds its network")

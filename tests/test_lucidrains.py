@@ -12,13 +12,13 @@ import math
 import denoising_diffusion_pytorch as ddp  # a test extra
 import pytest
 import torch
-from codebase_files import save_lucidrains_trainer_file
 
 from diffusion_diagnostics import SamplingOptions, load_model
 from diffusion_diagnostics.analysis import ForwardPass, prediction_errors
 from diffusion_diagnostics.bound import bound_terms_bpd, predicted
 from diffusion_diagnostics.lucidrains import objective_from_loss_weight
 
+from codebase_files import save_lucidrains_trainer_file
 from doubles import one_error_line
 
 UNET = {"dim": 8, "dim_mults": [1, 2], "channels": 1, "flash_attn": False}

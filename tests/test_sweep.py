@@ -26,13 +26,13 @@ from dataclasses import dataclass
 import own_network
 import pytest
 import torch
-from codebase_files import save_guided_diffusion_model, save_lucidrains_trainer_file
 from PIL import Image
 
 from diffusion_diagnostics.checkpoint import load_checkpoint, save_checkpoint
 from diffusion_diagnostics.grids import load_endpoints
 from diffusion_diagnostics.unet import UNet
 
+from codebase_files import save_guided_diffusion_model, save_lucidrains_trainer_file
 from conftest import (
     GPU_RULES,
     REPO,

@@ -93,12 +93,37 @@ def load_model(
     if path.is_dir():
         return load_diffusers_folder(path, device)
     if path.is_file():
-        if lucidrains.is_trainer_file(read_plain(path)):
+        plain = read_plain(path)
+        if lucidrains.is_trainer_file(plain):
             return load_trainer_file(path, device)
+        if _is_bare_state_dict(plain):
+            raise DiagnosticsError(_bare_state_dict_remedy(path, plain))
         return _load_own_checkpoint(path, device)
     raise DiagnosticsError(
         f"model {path}: no such file or folder; point checkpoint: at a checkpoint file, a diffusers "
         f"folder or hf:owner/name, or {TRAIN_INSTEAD}"
+    )
+
+
+# Keys of improved- and guided-diffusion's UNetModel, which their TrainLoop saves as a bare state dict.
+OPENAI_UNET_KEYS = {"time_embed.0.weight", "input_blocks.0.0.weight", "out.2.weight"}
+
+
+def _is_bare_state_dict(plain) -> bool:
+    """A file of tensors only (read_plain gives each tensor as None): weights without a network."""
+    return isinstance(plain, Mapping) and bool(plain) and all(value is None for value in plain.values())
+
+
+def _bare_state_dict_remedy(path: Path, plain: Mapping) -> str:
+    network = (
+        "its keys are improved- or guided-diffusion's UNetModel's: an entry naming its create_model "
+        "(docs/your-model.md, improved- and guided-diffusion)"
+        if OPENAI_UNET_KEYS <= set(plain)
+        else "an entry naming the function that builds its network (docs/your-model.md, your own network)"
+    )
+    return (
+        f"checkpoint {path}: a bare state dict, weights without their network or process; give it as the "
+        f"weights of {network}, with its schedule"
     )
 
 

@@ -175,3 +175,22 @@ def test_cuda_graph_rows_and_the_diffusers_rows_skipped(tmp_path, monkeypatch, r
     assert "| diffusers pipelines | | skipped: --no-diffusers |" in report["markdown"]
     assert "diffusers folder model: skipped: --no-diffusers" in report["markdown"]
     assert_targets_measured(report, CPU_TARGETS | {"DDPM grid on the GPU, CUDA graph: seconds (<= 10 s)"})
+
+
+def test_the_codebases_benchmark_times_every_sampler_on_both_networks(tmp_path):
+    """benchmarks/bench_codebases.py at its smallest: a row per network and sampler, each a ratio of
+    two measured times, and the config check's seconds."""
+    script = REPO / "benchmarks/bench_codebases.py"
+    command = [sys.executable, str(script), "--pairs", "1", "--steps", "2", "--batch", "2", "--reps", "1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout[result.stdout.index("{") : result.stdout.index("\n| network")])
+    rows = {(row["model"], row["sampler"]): row for row in report["rows"]}
+    samplers = {"ddpm": 50, "ddim": 2, "dpmsolver++2m": 2}
+    assert set(rows) == {
+        (model, sampler) for model in ("lucidrains", "guided-diffusion") for sampler in samplers
+    }
+    for (_, sampler), row in rows.items():
+        assert row["nfe"] == samplers[sampler] and 0 < row["median_ratio"] < 10
+    assert "learned_range" in report["models"]["guided-diffusion"]
+    assert 0 < report["config_check"]["median_seconds"] < 60

@@ -115,15 +115,21 @@ def _is_bare_state_dict(plain) -> bool:
 
 
 def _bare_state_dict_remedy(path: Path, plain: Mapping) -> str:
-    network = (
-        "its keys are improved- or guided-diffusion's UNetModel's: an entry naming its create_model "
-        "(docs/your-model.md, improved- and guided-diffusion)"
-        if OPENAI_UNET_KEYS <= set(plain)
-        else "an entry naming the function that builds its network (docs/your-model.md, your own network)"
-    )
+    if OPENAI_UNET_KEYS <= set(plain):
+        what, builder, section = (
+            "a bare state dict of improved- or guided-diffusion's UNetModel (by its keys)",
+            "its create_model",
+            "improved- and guided-diffusion",
+        )
+    else:
+        what, builder, section = (
+            "a bare state dict",
+            "the function that builds its network",
+            "your own network",
+        )
     return (
-        f"checkpoint {path}: a bare state dict, weights without their network or process; give it as the "
-        f"weights of {network}, with its schedule"
+        f"checkpoint {path}: {what}, weights without their network or process; give it as the weights of "
+        f"an entry naming {builder}, with its schedule (docs/your-model.md, {section})"
     )
 
 

@@ -381,9 +381,9 @@ def test_images_outside_the_pixel_range_are_an_error():
 def test_a_variance_type_the_bound_does_not_cover_is_an_error():
     diffusion = make_diffusion(KnownError("epsilon", offset))
     # A variance the process refuses to be built with today: the bound must refuse it on its own.
-    object.__setattr__(diffusion.config, "variance_type", "learned")
+    object.__setattr__(diffusion.config, "variance_type", "fixed_medium")
     message = one_error_line(lambda: timestep_loss_table(diffusion, constant_batches([8]), buckets=2))
-    assert "'learned'" in message and "fixed_small" in message
+    assert "'fixed_medium'" in message and "fixed_small" in message
 
 
 # --- the outputs ----------------------------------------------------------------------------------

@@ -199,7 +199,7 @@ def test_trained_betas_are_the_schedule():
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("beta_schedule", "sigmoid"), ("prediction_type", "noise"), ("variance_type", "learned")],
+    [("beta_schedule", "sigmoid"), ("prediction_type", "noise"), ("variance_type", "fixed_medium")],
 )
 def test_unknown_schedule_parametrization_or_variance_is_one_line(key, value):
     one_error_line(

@@ -11,6 +11,7 @@ import math
 
 import diffusers
 import numpy as np
+import pytest
 import torch
 
 from diffusion_diagnostics import SamplingOptions, load_model
@@ -25,9 +26,12 @@ T, SIZE = 20, 8
 def learned_folder(tmp_path, out_channels: int = 2, variance_type: str = "learned_range"):
     """A DDPMPipeline folder of a tiny UNet with a variance half, saved by diffusers itself."""
     unet = tiny_unet2d(out_channels=out_channels).eval()
-    # Its untrained variance half is near 0: spread it over (-1, 1) so that frac varies.
+    # Its untrained variance half is near 0: spread it over (-1, 1) so that frac varies; learned
+    # reads it as σ² itself, which must stay positive: about 0.5, varying a little.
     with torch.no_grad():
         unet.conv_out.bias[1:] = 0.5
+        if variance_type == "learned":
+            unet.conv_out.weight[1:] *= 0.05
     scheduler = diffusers.DDPMScheduler(
         num_train_timesteps=T, beta_start=1e-3, beta_end=0.2, variance_type=variance_type
     )
@@ -36,10 +40,13 @@ def learned_folder(tmp_path, out_channels: int = 2, variance_type: str = "learne
     return folder, unet, scheduler
 
 
-def test_ddpm_samples_with_the_networks_variance_as_diffusers_does(tmp_path):
-    folder, unet, scheduler = learned_folder(tmp_path)
+@pytest.mark.parametrize("variance_type", ["learned_range", "learned"])
+def test_ddpm_samples_with_the_networks_variance_as_diffusers_does(tmp_path, variance_type):
+    """learned_range interpolates log σ² between log β̃_t and log β_t; learned (diffusers' reading)
+    takes the half as σ² itself, here about 0.5 (the half's bias)."""
+    folder, unet, scheduler = learned_folder(tmp_path, variance_type=variance_type)
     diffusion, info = load_model(folder)
-    assert diffusion.learned_variance and "learned_range" in info["description"]
+    assert diffusion.learned_variance and variance_type in info["description"]
     x_T = torch.randn((3, 1, SIZE, SIZE), generator=torch.Generator().manual_seed(0))
     ours = diffusion.sample(x_T, generator=torch.Generator().manual_seed(1))
     generator, x = torch.Generator().manual_seed(1), x_T.clone()
@@ -149,8 +156,14 @@ def test_a_variance_half_the_config_does_not_declare_is_one_error_line(tmp_path)
     other.mkdir()
     folder, _, _ = learned_folder(other, out_channels=2, variance_type="fixed_small")
     one_error_line(lambda: load_model(folder), "out_channels 2", "a learned variance")
-    folder, _, _ = learned_folder(tmp_path / "third", out_channels=2, variance_type="learned")
-    one_error_line(lambda: load_model(folder), "variance_type: learned is not supported")
+    folder, _, _ = learned_folder(tmp_path / "third", out_channels=1, variance_type="learned")
+    one_error_line(lambda: load_model(folder), "out_channels 1", "learned needs 2 × in_channels (2)")
+    # learned with a half that goes negative: no σ, said as such.
+    folder, _, _ = learned_folder(tmp_path / "fourth", variance_type="learned")
+    diffusion, _ = load_model(folder)
+    with torch.no_grad():
+        diffusion.model.unet.conv_out.bias[1:] = -0.5
+    one_error_line(lambda: diffusion.sample(torch.zeros(1, 1, SIZE, SIZE)), "σ² itself", "learned_range")
 
 
 class TwoHalves(torch.nn.Module):

@@ -487,7 +487,7 @@ def test_huggingface_hub_not_installed_says_how_to_install(tmp_path, monkeypatch
         ("beta_schedule", "no_such_schedule"),
         ("beta_schedule", "sigmoid"),  # diffusers has it, the samplers here do not
         ("prediction_type", "flow"),
-        ("variance_type", "learned"),
+        ("variance_type", "fixed_medium"),
         ("thresholding", True),
         ("rescale_betas_zero_snr", True),
         ("_class_name", "PNDMScheduler"),

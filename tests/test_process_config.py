@@ -66,7 +66,7 @@ def test_diffusers_keys_map_onto_the_fields():
     [
         ({"thresholding": True}, ("thresholding: true",)),
         ({"rescale_betas_zero_snr": True}, ("rescale_betas_zero_snr",)),
-        ({"variance_type": "learned"}, ("variance_type: learned", "learned_range and the fixed ones")),
+        ({"variance_type": "fixed_medium"}, ("variance_type 'fixed_medium'", "learned_range")),
         ({"prediction_type": "noise"}, ("prediction_type 'noise'", "epsilon, v_prediction, sample")),
         ({"beta_schedule": "exponential"}, ("beta_schedule 'exponential'",)),
         ({"num_train_timesteps": "many"}, ("a value of the wrong type",)),

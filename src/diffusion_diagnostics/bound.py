@@ -10,7 +10,8 @@ L_t: the decoder at index 0, a KL at every other index, and the prior after the 
 Conventions at the chain's start follow improved-diffusion (Nichol & Dhariwal 2021): β̃_0 = 0, so
 wherever a log-variance is needed at index 0 it is β̃_1's; with ``fixed_large`` the reverse variance
 is β_t from index 1 on; with ``learned_range`` it is the network's own (improved-diffusion eq. 15,
-:meth:`DiffusionProcess.learned_log_variance`), at index 0 between log β_0 and log β̃_1. The
+:meth:`DiffusionProcess.learned_log_variance`), at index 0 between log β_0 and log β̃_1 (with
+``learned``, the network's σ² itself at every index). The
 model's mean is μ̃(x_t, x̂_0) with x̂_0 as the network gives it, never clipped, since clipping is a
 sampling choice and not part of p_θ. All arithmetic is float64.
 """
@@ -26,7 +27,7 @@ from .diffusion import DiffusionProcess
 from .errors import DiagnosticsError
 from .strata import bucket_covariance, bucket_moments, raise_if_not_finite
 
-BOUND_VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
+BOUND_VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range", "learned")
 PIXEL_LEVELS = 256
 # Draws a cell of the bound's estimate expects (kl_cells): enough for a variance, few enough that
 # the cells follow L_t where it changes fast.

@@ -166,13 +166,12 @@ class NonFiniteWatch:
         # In place, so that a step captured as a CUDA graph updates this very tensor on replay.
         self.first_bad.copy_(torch.where(newly_bad, t, self.first_bad))
 
-    def raise_if_bad(self, what: str) -> None:
+    def raise_if_bad(
+        self, what: str, cause: str = "the checkpoint is broken or its training diverged"
+    ) -> None:
         bad = int(self.first_bad)
         if bad >= 0:
-            raise DiagnosticsError(
-                f"{what}: the model's output turned NaN or Inf at timestep {bad}; "
-                "the checkpoint is broken or its training diverged"
-            )
+            raise DiagnosticsError(f"{what}: the model's output turned NaN or Inf at timestep {bad}; {cause}")
 
 
 class DiffusionProcess(nn.Module):
@@ -317,9 +316,13 @@ class DiffusionProcess(nn.Module):
     def learned_log_variance(
         self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int
     ) -> torch.Tensor:
-        """log σ² of the reverse step from the output's second half v (improved-diffusion eq. 15):
-        frac · log β_t + (1 − frac) · log β̃_t with frac = (v + 1) / 2, β̃_0 taken as β̃_1 (its
-        posterior_log_variance_clipped; at t = 0 sampling adds no noise, so only the bound reads it)."""
+        """log σ² of the reverse step from the output's second half v: for ``learned_range``
+        (improved-diffusion eq. 15) frac · log β_t + (1 − frac) · log β̃_t with frac = (v + 1) / 2,
+        β̃_0 taken as β̃_1 (its posterior_log_variance_clipped; at t = 0 sampling adds no noise, so
+        only the bound reads it); for ``learned``, log v (diffusers' σ² = v; v ≤ 0 gives no finite
+        σ, which the samplers' watch reports)."""
+        if self.variance_type == "learned":
+            return output[:, x_t.shape[1] :].float().log()
         frac = (output[:, x_t.shape[1] :].float() + 1) / 2
         min_log = extract(self.posterior_log_variance_clipped, t, x_t.ndim)
         max_log = extract(self.log_betas, t, x_t.ndim)
@@ -508,6 +511,13 @@ class DiffusionProcess(nn.Module):
             return self.ddpm_step(x, t, generator, watch, shared_noise, clip, autocast, options.variance_type)
 
         x = self._run_steps(step, x, self.timesteps, generator, options, progress, desc)
+        if (options.variance_type or self.variance_type) == "learned":
+            # diffusers' learned takes the half as σ² itself: where it is ≤ 0 there is no σ.
+            watch.raise_if_bad(
+                "DDPM sampling",
+                "variance_type learned reads the network's second half as σ² itself, which must be "
+                "positive; was the model trained for learned_range?",
+            )
         watch.raise_if_bad("DDPM sampling")
         return x
 

@@ -250,11 +250,8 @@ def read_diffusers_folder(
     diffusers = _import_extra("diffusers", f"model folder {folder.path} (a diffusers folder)")
     scheduler, settings = _scheduler_settings(diffusers, folder.scheduler_config)
     # What the process cannot honour is said before the UNet is read (its channels depend on it).
-    learned = (
-        ProcessConfig.from_scheduler_config(settings, str(folder.scheduler_config)).variance_type
-        in LEARNED_VARIANCES
-    )
-    network = DiffusersUNet(_load_unet(diffusers, folder, learned))
+    variance_type = ProcessConfig.from_scheduler_config(settings, str(folder.scheduler_config)).variance_type
+    network = DiffusersUNet(_load_unet(diffusers, folder, variance_type))
     diffusion = _diffusion_process(network, settings, network.sample_shape, str(folder.scheduler_config))
     info = {
         "source": "diffusers",
@@ -378,7 +375,7 @@ def _weights_file(unet_folder: Path) -> UNetWeights:
     )
 
 
-def _load_unet(diffusers, folder: DiffusersFolder, learned_variance: bool = False) -> nn.Module:
+def _load_unet(diffusers, folder: DiffusersFolder, variance_type: str = "fixed_small") -> nn.Module:
     config_path = folder.unet / "config.json"
     unet_class = _read_json(config_path, "the UNet's config").get("_class_name", UNET_CLASS)
     if unet_class != UNET_CLASS:
@@ -416,7 +413,7 @@ def _load_unet(diffusers, folder: DiffusersFolder, learned_variance: bool = Fals
             f"{weights}: the weights do not fit {config_path} ({detail}); the folder mixes files of "
             "different models: download it again"
         )
-    _check_unet_config(unet.config, config_path, learned_variance)
+    _check_unet_config(unet.config, config_path, variance_type)
     return unet
 
 
@@ -434,7 +431,7 @@ def _loading_mismatch(loading: dict) -> str:
     )
 
 
-def _check_unet_config(config: Mapping, path: Path, learned_variance: bool = False) -> None:
+def _check_unet_config(config: Mapping, path: Path, variance_type: str = "fixed_small") -> None:
     if config.get("sample_size") is None:
         # A fully convolutional UNet runs at any size, but its samples are only digits at the size
         # it was trained at, which nothing else in the folder records.
@@ -449,9 +446,10 @@ def _check_unet_config(config: Mapping, path: Path, learned_variance: bool = Fal
                 "unconditional models, so analyse one without class embeddings"
             )
     channels_in, channels_out = config["in_channels"], config["out_channels"]
+    learned_variance = variance_type in LEARNED_VARIANCES
     if learned_variance and channels_out != 2 * channels_in:
         raise DiagnosticsError(
-            f"{path}: out_channels {channels_out}, but the scheduler's variance_type learned_range needs "
+            f"{path}: out_channels {channels_out}, but the scheduler's variance_type {variance_type} needs "
             f"2 × in_channels ({2 * channels_in}): a prediction and its variance; the UNet and the "
             "scheduler config are of different models"
         )
@@ -464,7 +462,7 @@ def _check_unet_config(config: Mapping, path: Path, learned_variance: bool = Fal
         raise DiagnosticsError(
             f"{path}: out_channels {channels_out} differs from in_channels {channels_in}{learned}; "
             "the diagnostics read networks that predict ε, v or x_0, and with variance_type "
-            "learned_range their variance"
+            "learned_range or learned their variance"
         )
 
 
@@ -614,7 +612,7 @@ def _check_output_channels(diffusion: DiffusionProcess, where: str) -> None:
         ) from None
     if output.shape[1] != expected:
         what = (
-            "2 × its image channels (variance_type learned_range)"
+            f"2 × its image channels (variance_type {diffusion.variance_type})"
             if diffusion.learned_variance
             else "its image channels"
         )

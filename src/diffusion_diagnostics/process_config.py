@@ -20,9 +20,10 @@ from .errors import DiagnosticsError, first_line
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
-# A network that predicts its own variance (2 × its image channels out): improved-diffusion's
-# learn_sigma, its second half v giving log σ² = frac · log β_t + (1 − frac) · log β̃_t, frac = (v + 1) / 2.
-LEARNED_VARIANCES = ("learned_range",)
+# A network that predicts its own variance (2 × its image channels out), its second half v read as
+# diffusers' DDPMScheduler reads it: learned_range (improved-diffusion's learn_sigma) gives
+# log σ² = frac · log β_t + (1 − frac) · log β̃_t, frac = (v + 1) / 2; learned gives σ² = v itself.
+LEARNED_VARIANCES = ("learned_range", "learned")
 TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
 
 # diffusers' scheduler config keys that shape the process, and the field each sets (diffusers'
@@ -148,9 +149,4 @@ def _refuse_unsupported(settings: Mapping, where: str) -> None:
         raise DiagnosticsError(
             f"{where}: rescale_betas_zero_snr: true is not supported (its last ᾱ is 0, which the "
             "parametrizations here divide by); analyse a model trained on an unrescaled schedule"
-        )
-    if settings.get("variance_type") == "learned":
-        raise DiagnosticsError(
-            f"{where}: variance_type: learned is not supported (diffusers reads the network's second half "
-            "as σ² itself, improved-diffusion's LEARNED as log σ²); learned_range and the fixed ones are"
         )

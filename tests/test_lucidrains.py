@@ -24,6 +24,7 @@ from doubles import one_error_line
 UNET = {"dim": 8, "dim_mults": [1, 2], "channels": 1, "flash_attn": False}
 LEARNED_UNET = {**UNET, "learned_variance": True}
 SIZE, T, DDIM_STEPS = 16, 20, 5
+SEED = 7  # of the noise both sides' samplers start from
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,22 @@ def entry(path, **changes) -> dict:
     return {**spec, **changes}
 
 
+def assert_our_ddpm_is_its_p_sample_loop(diffusion, theirs) -> torch.Tensor:
+    """Its p_sample_loop and our DDPM from the same noise (its samplers draw x_T and each step's
+    noise from the global generator; ours from a generator seeded alike): equal images, its in
+    [0, 1]. Returns the x_T both started from."""
+    shape = (4, 1, SIZE, SIZE)
+    with torch.no_grad():
+        torch.manual_seed(SEED)
+        expected = theirs.p_sample_loop(shape)
+    generator = torch.Generator().manual_seed(SEED)
+    x_T = torch.randn(shape, generator=generator)
+    torch.testing.assert_close(
+        (diffusion.sample(x_T, generator=generator) + 1) / 2, expected, rtol=0, atol=1e-4
+    )
+    return x_T
+
+
 def test_the_trainer_file_is_read_with_its_ema_network_and_schedule(trained):
     trainer, path = trained
     diffusion, info = load_model(entry(path))
@@ -70,16 +87,10 @@ def test_our_ddpm_and_ddim_are_its_own_samplers(trained):
     trainer, path = trained
     diffusion, _ = load_model(entry(path))
     theirs = trainer.ema.ema_model.eval()
-    shape = (4, 1, SIZE, SIZE)
+    x_T = assert_our_ddpm_is_its_p_sample_loop(diffusion, theirs)
     with torch.no_grad():
-        torch.manual_seed(7)  # its samplers draw x_T and the step noise from the global generator
-        ddpm = theirs.p_sample_loop(shape)
-        torch.manual_seed(7)
-        ddim = theirs.ddim_sample(shape)
-    generator = torch.Generator().manual_seed(7)
-    x_T = torch.randn(shape, generator=generator)
-    ours_ddpm = diffusion.sample(x_T, generator=generator)
-    torch.testing.assert_close((ours_ddpm + 1) / 2, ddpm, rtol=0, atol=1e-4)
+        torch.manual_seed(SEED)
+        ddim = theirs.ddim_sample(x_T.shape)
     # Its DDIM clips x̂_0 and takes ε̂ again from the clipped x̂_0: our use_clipped_model_output.
     clipped = SamplingOptions(clip_x0=True, use_clipped_model_output=True)
     ours_ddim = diffusion.sample_ddim(x_T, DDIM_STEPS, options=clipped)
@@ -202,14 +213,7 @@ def test_a_learned_variance_is_read_and_sampled_as_its_learned_gaussian_diffusio
     diffusion, _ = load_model(entry(path, kwargs=LEARNED_UNET))
     assert diffusion.learned_variance and diffusion.config.prediction_type == "epsilon"
     theirs = trainer.ema.ema_model.eval()
-    shape = (4, 1, SIZE, SIZE)
-    with torch.no_grad():
-        torch.manual_seed(7)
-        ddpm = theirs.p_sample_loop(shape)
-    generator = torch.Generator().manual_seed(7)
-    x_T = torch.randn(shape, generator=generator)
-    ours = diffusion.sample(x_T, generator=generator)
-    torch.testing.assert_close((ours + 1) / 2, ddpm, rtol=0, atol=1e-4)
+    assert_our_ddpm_is_its_p_sample_loop(diffusion, theirs)
     # Its variational term: p_losses with the vb weight 1, less its simple ε term (ours, checked above
     # for the plain file): each KL term ours from the same x_t.
     generator = torch.Generator().manual_seed(1)

@@ -32,7 +32,11 @@ from diffusion_diagnostics.runtime import keep_freed_memory, resolve_device
 from diffusion_diagnostics.solvers import build_scheduler, solve
 
 sys.path.insert(0, str(REPO / "tests"))  # the files as the codebases' own code writes them
-from codebase_files import save_guided_diffusion_model, save_lucidrains_trainer_file  # noqa: E402
+from codebase_files import (  # noqa: E402
+    guided_diffusion_entry,
+    save_guided_diffusion_model,
+    save_lucidrains_trainer_file,
+)
 
 T = 50  # both files' training timesteps: DDPM's forwards
 LUCIDRAINS_UNET = {"dim": 32, "dim_mults": [1, 2, 4], "channels": 1, "flash_attn": False}
@@ -50,7 +54,7 @@ CHECK_IMAGES = 64  # as describe_model checks
 
 
 def lucidrains_model(folder: Path, device: torch.device):
-    """(our process, the bare network's forward) for lucidrains' Trainer file."""
+    """(our process, the bare network's forward, how we read it) for lucidrains' Trainer file."""
     _, path = save_lucidrains_trainer_file(folder, LUCIDRAINS_UNET, 28, T, 10)
     entry = {
         "entry_point": "denoising_diffusion_pytorch:Unet",
@@ -63,24 +67,9 @@ def lucidrains_model(folder: Path, device: torch.device):
 
 
 def guided_model(folder: Path, device: torch.device):
-    """(our process, the bare network's forward) for guided-diffusion's learned-variance UNet."""
-    from guided_diffusion import script_util
-
+    """(our process, the bare network's forward, how we read it) for guided-diffusion's UNet."""
     network, _, path = save_guided_diffusion_model(folder, GUIDED_MODEL, T, steps=1)
-    defaults = script_util.model_and_diffusion_defaults()
-    arguments = script_util.create_model.__code__.co_varnames[: script_util.create_model.__code__.co_argcount]
-    entry = {
-        "entry_point": "guided_diffusion.script_util:create_model",
-        "kwargs": {key: GUIDED_MODEL.get(key, defaults[key]) for key in arguments},
-        "weights": str(path),
-        "sample_shape": [3, 32, 32],
-        "rescale_timesteps": True,
-        "schedule": {
-            "num_train_timesteps": T,
-            "beta_schedule": "squaredcos_cap_v2",
-            "variance_type": "learned_range",
-        },
-    }
+    entry = guided_diffusion_entry(path, GUIDED_MODEL, T)
     diffusion, info = load_model(entry, device)
     bare = network.to(device).eval()
     return diffusion, (lambda x, t: bare(x, t.float() * (1000.0 / T))), info["description"]

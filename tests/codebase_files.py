@@ -69,3 +69,25 @@ def save_guided_diffusion_model(folder: Path, model: dict, timesteps: int, steps
     path = folder / f"model{steps:06d}.pt"
     torch.save(network.state_dict(), path)
     return network.eval(), diffusion, path
+
+
+def guided_diffusion_entry(path: Path, model: dict, timesteps: int) -> dict:
+    """The entry a user writes for such a file: every argument of create_model as the training
+    script's defaults and ``model`` gave it, and in diffusers' names the process
+    save_guided_diffusion_model trained with (cosine is squaredcos_cap_v2, learn_sigma learned_range)."""
+    from guided_diffusion import script_util
+
+    code = script_util.create_model.__code__
+    settings = {**script_util.model_and_diffusion_defaults(), **model}
+    return {
+        "entry_point": "guided_diffusion.script_util:create_model",
+        "kwargs": {key: settings[key] for key in code.co_varnames[: code.co_argcount]},
+        "weights": str(path),
+        "sample_shape": [3, model["image_size"], model["image_size"]],
+        "rescale_timesteps": True,
+        "schedule": {
+            "num_train_timesteps": timesteps,
+            "beta_schedule": "squaredcos_cap_v2",
+            "variance_type": "learned_range",
+        },
+    }

@@ -17,7 +17,7 @@ from diffusion_diagnostics import SamplingOptions, load_model
 from diffusion_diagnostics.analysis import ForwardPass, prediction_errors
 from diffusion_diagnostics.bound import bound_terms_bpd, predicted, prior_bpd
 
-from codebase_files import save_guided_diffusion_model
+from codebase_files import guided_diffusion_entry, save_guided_diffusion_model
 from doubles import one_error_line
 
 T, SIZE, DDIM_STEPS = 20, 32, 5
@@ -38,22 +38,7 @@ def trained(tmp_path_factory):
 
 
 def entry(path) -> dict:
-    """What a user writes for the file: create_model's own arguments, and in diffusers' names the
-    process create_gaussian_diffusion built (cosine is squaredcos_cap_v2, learn_sigma learned_range)."""
-    keys = script_util.create_model.__code__.co_varnames[: script_util.create_model.__code__.co_argcount]
-    defaults = script_util.model_and_diffusion_defaults()
-    return {
-        "entry_point": "guided_diffusion.script_util:create_model",
-        "kwargs": {key: MODEL.get(key, defaults[key]) for key in keys},
-        "weights": str(path),
-        "sample_shape": [3, SIZE, SIZE],
-        "rescale_timesteps": True,
-        "schedule": {
-            "num_train_timesteps": T,
-            "beta_schedule": "squaredcos_cap_v2",
-            "variance_type": "learned_range",
-        },
-    }
+    return guided_diffusion_entry(path, MODEL, T)
 
 
 def respaced(steps: int):

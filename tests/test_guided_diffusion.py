@@ -1,6 +1,7 @@
 """guided-diffusion (openai's codebase after improved-diffusion, from the package index as
-guided-diffusion-sdk: its code with Katherine Crowson's additions to the conditioned samplers, which
-these tests do not call): a network with a learned variance built by its own create_model, trained
+guided-diffusion-sdk: its code with additions to the samplers (skip_timesteps, gradient-carrying
+cond_fn, PLMS) that these tests do not use; diffed against openai's repository, what they call
+computes as openai's does): a network with a learned variance built by its own create_model, trained
 a few steps with its own loss and saved as its TrainLoop saves, read as a new user gives it (an
 entry naming create_model, rescaled timesteps, cosine schedule, learned_range), then sampled and
 measured by this package as that codebase samples and measures it, from the same noise: our DDPM

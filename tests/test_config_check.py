@@ -1,16 +1,19 @@
 """Does the declared config fit the weights: on Gaussian data with the exact ε-optimal network (a
 linear schedule, T = 1000), the declared reading fits and raises nothing; declared with another
-prediction type or schedule, the check names the key, the declared value and the one that fits."""
+prediction type or schedule, the check names the key, the declared value and the one that fits;
+and so on the shipped model with real digits."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from diffusion_diagnostics import DiffusionProcess
+from diffusion_diagnostics import DiffusionProcess, load_model
 from diffusion_diagnostics.config_check import FAR, config_check, describe_finding, reading_errors
 from diffusion_diagnostics.models import RescaledTimesteps
+from diffusion_diagnostics.workflow import digits_for
 
+from conftest import REPO
 from doubles import MU, SD, ContinuousGaussianEps, gaussian_alpha_bars
 
 
@@ -129,3 +132,24 @@ def test_an_entry_with_rescaled_timesteps_gives_its_network_t_times_1000_over_t(
     assert isinstance(diffusion.model, RescaledTimesteps)
     diffusion.model(torch.zeros(2, 1, 4, 4), torch.tensor([0, 39]))
     assert diffusion.model.network.seen[-1].tolist() == [0.0, 975.0]  # 39 · 1000 / 40
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize(
+    ("key", "declared"),
+    [
+        ("beta_schedule", "squaredcos_cap_v2"),
+        ("beta_schedule", "scaled_linear"),
+        ("prediction_type", "v_prediction"),
+    ],
+)
+def test_the_shipped_model_read_with_a_config_it_was_not_trained_with_is_named(tiny_run, key, declared):
+    """The mistake the check is for (a model trained on one schedule and sampled with another), on a
+    real trained network and real held-out digits (the tiny run's): named, with what fits."""
+    shipped, _ = load_model(REPO / "best_model.pt")
+    digits = digits_for(shipped, tiny_run / "resources/mnist/heldout.pt", "pad").tensors[0][:64]
+    assert config_check(reading_errors(shipped, digits), shipped) == []
+    wrong = shipped.rebuilt(**{key: declared})
+    [finding] = config_check(reading_errors(wrong, digits), wrong)
+    assert (finding["key"], finding["declared"]) == (key, declared)
+    assert finding["fits"] == getattr(shipped.config, key)
